@@ -1,0 +1,148 @@
+"""Reading expression from AnnData and writing predictions back as AnnData.
+
+Shared by :class:`~scdoloris.DolorisModel` and the baselines so that every method reads the
+same matrix and returns the same AnnData layout.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+RAW_COUNT_MAX = 30.0
+
+
+def get_matrix(adata: ad.AnnData, layer: str | None = None):
+    """Return ``adata.X`` or ``adata.layers[layer]`` (dense or sparse, not copied)."""
+    if layer is None:
+        if adata.X is None:
+            raise ValueError("adata.X is empty. Pass `layer=` naming a log-normalised layer.")
+        return adata.X
+    if layer not in adata.layers:
+        raise KeyError(
+            f"Layer {layer!r} is not in adata.layers (it has {list(adata.layers.keys())}). "
+            "Pass one of these, or layer=None to use adata.X."
+        )
+    return adata.layers[layer]
+
+
+def _values(X) -> np.ndarray:
+    if sparse.issparse(X):
+        return np.asarray(X.data)
+    return np.asarray(X)
+
+
+def check_log_normalised(X, where: str = "adata.X") -> None:
+    """Refuse matrices that are not finite, negative, or look like raw counts.
+
+    Raw counts are recognised as all-integral values with a maximum above 30: log-normalised
+    expression (``normalize_total`` then ``log1p``) is rarely integral and stays far below 30.
+
+    Raises
+    ------
+    ValueError
+        Naming the problem and the fix.
+    """
+    if hasattr(X, "to_memory"):  # backed sparse dataset
+        X = X.to_memory()
+    values = _values(X)
+    if values.size == 0:
+        return
+    if not np.issubdtype(values.dtype, np.number) or np.issubdtype(
+        values.dtype, np.complexfloating
+    ):
+        raise TypeError(f"{where} has dtype {values.dtype}; expected real numbers.")
+    finite = np.isfinite(values)
+    if not finite.all():
+        n_bad = int((~finite).sum())
+        raise ValueError(
+            f"{where} has {n_bad} non-finite values (NaN or inf). Remove or impute them, e.g. "
+            "`adata = adata[np.isfinite(adata.X.sum(1))]`, before setting up the model."
+        )
+    vmin = float(values.min())
+    if vmin < 0:
+        raise ValueError(
+            f"{where} has negative values (minimum {vmin:.3g}). Doloris expects log-normalised "
+            "expression (sc.pp.normalize_total then sc.pp.log1p), not scaled or centred data "
+            "(do not run sc.pp.scale). Pass `layer=` naming a log-normalised layer."
+        )
+    vmax = float(values.max())
+    if vmax > RAW_COUNT_MAX and np.all(np.mod(values, 1) == 0):
+        raise ValueError(
+            f"{where} looks like raw counts (integers up to {vmax:.0f}). Doloris expects "
+            "log-normalised expression: run `sc.pp.normalize_total(adata)` and "
+            "`sc.pp.log1p(adata)` first (keep the counts in a layer if you need them), or pass "
+            "`layer=` naming a log-normalised layer."
+        )
+
+
+def align_genes(
+    adata: ad.AnnData, genes: Sequence[str], layer: str | None = None, what: str = "adata"
+) -> np.ndarray:
+    """Return the expression of ``genes`` (by name, in that order) as a dense float32 array.
+
+    Extra genes of ``adata`` are ignored; missing genes raise a ``ValueError`` naming them.
+    """
+    genes = pd.Index(genes)
+    if not adata.var_names.is_unique:
+        dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
+        raise ValueError(
+            f"{what}.var_names has duplicates (e.g. {dup}). Run `{what}.var_names_make_unique()`."
+        )
+    missing = genes.difference(adata.var_names)
+    if len(missing) > 0:
+        raise ValueError(
+            f"{what} lacks {len(missing)} of the model's {len(genes)} genes, e.g. "
+            f"{missing[:10].tolist()}. Predict from cells measured on the training genes "
+            "(subset or reindex the input to the model's var_names)."
+        )
+    X = get_matrix(adata, layer)
+    idx = adata.var_names.get_indexer(genes)
+    if hasattr(X, "to_memory"):
+        X = X.to_memory()
+    X = X[:, idx]
+    X = X.toarray() if sparse.issparse(X) else np.asarray(X)
+    return X.astype(np.float32, copy=False)
+
+
+def close_matches(name: str, choices: Sequence[str], n: int = 3) -> list[str]:
+    """Up to ``n`` close spellings of ``name`` among ``choices`` (case-insensitive)."""
+    lower = {str(c).lower(): str(c) for c in choices}
+    hits = difflib.get_close_matches(str(name).lower(), list(lower), n=n, cutoff=0.6)
+    return [lower[h] for h in hits]
+
+
+def prediction_anndata(
+    X: np.ndarray,
+    var_names: Sequence[str],
+    perturbation: Sequence[str],
+    cell_type: Sequence[str],
+    control_cell: Sequence[str],
+    uns: dict | None = None,
+) -> ad.AnnData:
+    """Build the AnnData that every ``predict`` returns.
+
+    ``obs`` has ``perturbation``, ``cell_type``, ``control_cell`` (the obs name of the control
+    cell the prediction started from) and ``predicted`` (True); ``var_names`` are the model's.
+    """
+    n = X.shape[0]
+    obs = pd.DataFrame(
+        {
+            "perturbation": pd.Categorical(np.asarray(perturbation, dtype=object)),
+            "cell_type": pd.Categorical(np.asarray(cell_type, dtype=object)),
+            "control_cell": np.asarray(control_cell, dtype=object).astype(str),
+            "predicted": np.ones(n, dtype=bool),
+        }
+    )
+    obs.index = [f"pred-{i}" for i in range(n)]
+    out = ad.AnnData(
+        X=np.asarray(X, dtype=np.float32), obs=obs, var=pd.DataFrame(index=list(var_names))
+    )
+    if uns:
+        out.uns["scdoloris"] = dict(uns)
+    return out

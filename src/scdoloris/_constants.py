@@ -1,0 +1,17 @@
+"""Registry keys and defaults shared by the model, its module and its fields."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class _RegistryKeys(NamedTuple):
+    X_KEY: str = "X"
+    CELL_TYPE_KEY: str = "labels"
+    TOKENS_KEY: str = "perturbation_tokens"
+
+
+REGISTRY_KEYS = _RegistryKeys()
+TOKENS_OBSM_KEY = "_scdoloris_tokens"
+PAD = -1
+DEFAULT_CELL_TYPE = "all"

@@ -1,0 +1,3 @@
+from ._doloris import DolorisModel
+
+__all__ = ["DolorisModel"]

@@ -1,0 +1,803 @@
+"""DolorisModel: the user-facing scvi-tools model (AnnData in, AnnData out)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+from scvi.data import AnnDataManager
+from scvi.data._constants import _MODEL_NAME_KEY, _SETUP_ARGS_KEY
+from scvi.data.fields import CategoricalObsField, LayerField
+from scvi.model._utils import parse_device_args
+from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
+from scvi.model.base._save_load import _initialize_model, _load_saved_files
+from tqdm.auto import tqdm
+
+from .. import __version__
+from .._anndata_utils import (
+    align_genes,
+    check_log_normalised,
+    close_matches,
+    get_matrix,
+    prediction_anndata,
+)
+from .._constants import PAD, REGISTRY_KEYS
+from .._fields import PerturbationTokenField, tokenize_column
+from .._perturbation import format_tokens
+from ..module import DolorisModule
+from ..train import DolorisTrainingPlan
+from ._presets import PRESETS
+from ._statistics import compute_statistics
+
+logger = logging.getLogger(__name__)
+
+FILE_FORMAT = 1
+DEFAULT_TRAIN_STEPS = 4000
+COMMON_CONTROL_LABELS = ("ctrl", "control", "non-targeting", "NT", "unperturbed", "DMSO")
+
+
+class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
+    """Doloris: dual conditional diffusion implicit bridges for unpaired perturbation data.
+
+    A source diffusion model of control cells and a target diffusion model of perturbed cells
+    share one Gaussian latent space. A control cell is encoded by the source model (DDIM run
+    backwards) and decoded by the target model under a perturbation; a mask network decides which
+    genes are expressed. See :class:`~scdoloris.module.DolorisModule` for the maths.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata` (control and perturbed cells).
+    registry
+        Used by :meth:`load`; leave as None.
+    preset
+        ``"default"`` (CPU-friendly widths) or ``"paper"`` (the paper's widths); explicit keyword
+        arguments override the preset.
+    gene_embeddings
+        Optional gene features indexed by gene symbol (GO, STRING or scGPT vectors, ...). Genes in
+        it become predictable even if they were never perturbed in training. Never downloaded.
+    gene_graph
+        Optional prior gene network: a DataFrame or array whose first two columns are gene
+        symbols (source, target); added to the co-expression graph.
+    n_gene_components
+        Width K of the data-derived gene embedding (PCA over the training conditions' means).
+    coexpression_threshold
+        Genes whose control-cell expression correlates with ``|r|`` above this are linked.
+    **module_kwargs
+        Passed to :class:`~scdoloris.module.DolorisModule` (``n_hidden``, ``n_layers``,
+        ``share_trunk``, ``use_control_state``, ``use_mask``, ``n_timesteps``, ...).
+
+    Examples
+    --------
+    >>> import scanpy as sc, scdoloris
+    >>> adata = scdoloris.datasets.simulate(n_cells=600, n_genes=100, seed=0)  # doctest: +SKIP
+    >>> sc.pp.normalize_total(adata); sc.pp.log1p(adata)  # doctest: +SKIP
+    >>> scdoloris.DolorisModel.setup_anndata(adata, perturbation_key="perturbation",
+    ...                                      cell_type_key="cell_type")  # doctest: +SKIP
+    >>> model = scdoloris.DolorisModel(adata)  # doctest: +SKIP
+    >>> model.train(max_epochs=5)  # doctest: +SKIP
+    >>> ctrl = adata[adata.obs["perturbation"] == "ctrl"]  # doctest: +SKIP
+    >>> pred = model.predict(ctrl, perturbation=["G0001", "G0001+G0002"])  # doctest: +SKIP
+    """
+
+    _module_cls = DolorisModule
+    _training_plan_cls = DolorisTrainingPlan
+
+    def __init__(
+        self,
+        adata: ad.AnnData | None = None,
+        registry: dict | None = None,
+        preset: Literal["default", "paper"] = "default",
+        gene_embeddings: pd.DataFrame | None = None,
+        gene_graph: pd.DataFrame | np.ndarray | None = None,
+        n_gene_components: int = 32,
+        coexpression_threshold: float = 0.5,
+        **module_kwargs,
+    ):
+        super().__init__(adata, registry=registry)
+        if preset not in PRESETS:
+            raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
+        self.init_params_ = self._get_init_params(locals())
+        # the user's embeddings live on in the module's buffers: do not pickle them twice
+        self.init_params_["non_kwargs"]["gene_embeddings"] = None
+        self.init_params_["non_kwargs"]["gene_graph"] = None
+        self.scdoloris_version_ = __version__
+        self.file_format_ = FILE_FORMAT
+        if adata is None:  # DolorisModel.load builds the module from the saved attributes
+            self.module = None
+            return
+        if gene_embeddings is not None and not isinstance(gene_embeddings, pd.DataFrame):
+            raise TypeError(
+                "gene_embeddings must be a pandas DataFrame indexed by gene symbol, got "
+                f"{type(gene_embeddings).__name__}."
+            )
+
+        manager = self.adata_manager
+        X = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        cell_type = np.asarray(manager.get_from_registry(REGISTRY_KEYS.CELL_TYPE_KEY)).ravel()
+        tokens = np.asarray(manager.get_from_registry(REGISTRY_KEYS.TOKENS_KEY))
+        vocabulary = list(manager.get_state_registry(REGISTRY_KEYS.TOKENS_KEY)["vocabulary"])
+        cell_types = list(
+            manager.get_state_registry(REGISTRY_KEYS.CELL_TYPE_KEY).categorical_mapping
+        )
+        is_control = (tokens == PAD).all(1)
+        condition = np.char.add(
+            np.array([",".join(map(str, r.astype(int))) for r in tokens]), cell_type.astype(str)
+        )
+        stats = compute_statistics(
+            X,
+            cell_type,
+            len(cell_types),
+            condition,
+            is_control,
+            pd.Index(self.adata.var_names),
+            vocabulary,
+            gene_embeddings=gene_embeddings,
+            gene_graph=gene_graph,
+            n_gene_components=n_gene_components,
+            coexpression_threshold=coexpression_threshold,
+        )
+        self.vocabulary_ = vocabulary
+        self.cell_types_ = [str(c) for c in cell_types]
+        self.node_names_ = stats.node_names
+        self.module_kwargs_ = {
+            "n_genes": self.adata.n_vars,
+            "n_cell_types": len(cell_types),
+            "n_vocab": len(vocabulary),
+            "n_nodes": len(stats.node_names),
+            "n_node_features": stats.node_features.shape[1],
+            "n_edges": stats.edge_index.shape[1],
+            **PRESETS[preset],
+            **module_kwargs,
+        }
+        self.module = DolorisModule(**self.module_kwargs_)
+        self.module.set_statistics(
+            stats.x_max,
+            stats.sigma_data,
+            torch.from_numpy(stats.control_mean),
+            torch.from_numpy(stats.control_std),
+            torch.from_numpy(stats.node_features),
+            torch.from_numpy(stats.edge_index),
+            torch.from_numpy(stats.vocab_to_node),
+        )
+        n_featured = int((np.abs(stats.node_features).sum(1) > 0).sum())
+        self._model_summary_string = (
+            f"DolorisModel: {self.adata.n_vars} genes, {len(cell_types)} cell type(s), "
+            f"{len(vocabulary)} perturbation tokens, gene graph of {len(stats.node_names)} nodes "
+            f"({n_featured} with features) and {stats.edge_index.shape[1]} edges; "
+            f"preset={preset!r}, {sum(p.numel() for p in self.module.parameters()):,} parameters."
+        )
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: ad.AnnData,
+        perturbation_key: str,
+        control_group: str = "ctrl",
+        cell_type_key: str | None = None,
+        layer: str | None = None,
+        combination_delimiter: str = "+",
+        **kwargs,
+    ):
+        """Register an AnnData of control and perturbed cells with the model.
+
+        Parameters
+        ----------
+        adata
+            Log-normalised expression (``sc.pp.normalize_total`` then ``sc.pp.log1p``) in ``X``
+            or in ``layer``; dense or sparse.
+        perturbation_key
+            Column of ``adata.obs`` naming each cell's perturbation: ``"KLF1"``,
+            ``"KLF1+MAP2K6"``, or the control label.
+        control_group
+            The label of control cells in ``obs[perturbation_key]``.
+        cell_type_key
+            Optional column of ``adata.obs`` with each cell's type (or any categorical
+            covariate). Every cell type needs control cells.
+        layer
+            Layer with log-normalised expression; ``None`` uses ``adata.X``.
+        combination_delimiter
+            What joins the genes of a combination.
+        **kwargs
+            Used by scvi-tools when transferring the setup to new data (``source_registry``).
+
+        Notes
+        -----
+        Like every scvi-tools model this records the registration in ``adata.uns`` and adds
+        ``obs['_scvi_labels']`` and ``obsm['_scdoloris_tokens']``; ``X``, ``var``, layers and
+        the user's own columns are left as they are.
+
+        Examples
+        --------
+        >>> DolorisModel.setup_anndata(adata, perturbation_key="perturbation",
+        ...                            control_group="control")  # doctest: +SKIP
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())
+        if kwargs.get("source_registry") is None:
+            _validate_setup(
+                adata, perturbation_key, control_group, cell_type_key, layer, combination_delimiter
+            )
+        anndata_fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
+            CategoricalObsField(REGISTRY_KEYS.CELL_TYPE_KEY, cell_type_key),
+            PerturbationTokenField(
+                REGISTRY_KEYS.TOKENS_KEY, perturbation_key, control_group, combination_delimiter
+            ),
+        ]
+        adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    @property
+    def setup_args(self) -> dict:
+        """The arguments given to :meth:`setup_anndata`."""
+        return dict(self.registry_[_SETUP_ARGS_KEY])
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        max_epochs: int | None = None,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        mask_lr: float = 1e-3,
+        mask_weight_decay: float = 1e-2,
+        stage: Literal["all", "diffusion", "mask"] = "all",
+        train_size: float = 1.0,
+        validation_size: float | None = None,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        early_stopping: bool = False,
+        plan_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ):
+        """Train the source, target and mask networks with Lightning (GPU when present).
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the data. ``None`` gives about 4000 optimisation steps (at least 10
+            and at most 2000 epochs), which the default preset runs in minutes on a CPU for a
+            few thousand cells.
+        batch_size
+            Cells per step.
+        lr, weight_decay
+            AdamW settings of the diffusion models (Adam's eps is 1e-8, not scvi's 0.01).
+        mask_lr, mask_weight_decay
+            AdamW settings of the mask network (the authors used 1e-2 and 1e-2).
+        stage
+            ``"all"``, ``"diffusion"`` (source and target only) or ``"mask"`` (mask only): train
+            or retrain one part.
+        train_size, validation_size
+            Fractions of cells for training and validation. All cells train by default: the
+            evaluation that matters holds out perturbations, not cells.
+        accelerator, devices
+            Lightning settings; ``"auto"`` uses a GPU when there is one.
+        early_stopping
+            Stop when the validation loss stops improving (needs ``train_size < 1``).
+        plan_kwargs
+            More keyword arguments of :class:`~scdoloris.train.DolorisTrainingPlan`.
+        **trainer_kwargs
+            Passed to :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar=False``).
+
+        Examples
+        --------
+        >>> model.train(max_epochs=50)  # doctest: +SKIP
+        >>> model.history["train_loss_epoch"].tail()  # doctest: +SKIP
+        """
+        if self.adata is None:
+            raise ValueError(
+                "This model has no training data attached. Load it with "
+                "DolorisModel.load(dir, adata=adata) to train further."
+            )
+        n_train = max(1, int(round(self.adata.n_obs * train_size)))
+        if max_epochs is None:
+            steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+            max_epochs = int(np.clip(math.ceil(DEFAULT_TRAIN_STEPS / steps_per_epoch), 10, 2000))
+        plan = {
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "mask_lr": mask_lr,
+            "mask_weight_decay": mask_weight_decay,
+            "stage": stage,
+            **(plan_kwargs or {}),
+        }
+        trainer_kwargs.setdefault("check_val_every_n_epoch", 10 if train_size < 1 else None)
+        if train_size >= 1:
+            trainer_kwargs.pop("check_val_every_n_epoch")
+        self._fill_control_bank()
+        self.module.train()
+        out = super().train(
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            train_size=train_size,
+            validation_size=validation_size,
+            accelerator=accelerator,
+            devices=devices,
+            early_stopping=early_stopping,
+            plan_kwargs=plan,
+            **trainer_kwargs,
+        )
+        self.module.eval()
+        return out
+
+    def _fill_control_bank(self, max_cells: int = 20000) -> None:
+        """Give the module the registered control cells (at most ``max_cells``, drawn at random)."""
+        manager = self.adata_manager
+        tokens = np.asarray(manager.get_from_registry(REGISTRY_KEYS.TOKENS_KEY))
+        rows = np.flatnonzero((tokens == PAD).all(1))
+        if len(rows) > max_cells:
+            rows = np.sort(np.random.default_rng(0).choice(rows, max_cells, replace=False))
+        X = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        if hasattr(X, "to_memory"):
+            X = X.to_memory()
+        sub = X[rows]
+        sub = sub.toarray() if hasattr(sub, "toarray") else np.asarray(sub)
+        cell_type = np.asarray(manager.get_from_registry(REGISTRY_KEYS.CELL_TYPE_KEY)).ravel()
+        self.module.set_control_bank(
+            torch.from_numpy(sub.astype(np.float32)),
+            torch.from_numpy(cell_type[rows].astype(np.int64)),
+        )
+
+    # ------------------------------------------------------------------ prediction helpers
+    def _cell_type_codes(
+        self, adata: ad.AnnData, cell_type: str | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Cell-type codes and names for each cell of ``adata``."""
+        known = self.cell_types_
+        if cell_type is not None:
+            if str(cell_type) not in known:
+                raise ValueError(
+                    f"Unknown cell type {cell_type!r}. The model knows {known}"
+                    + _suggest(cell_type, known)
+                )
+            names = np.full(adata.n_obs, str(cell_type), dtype=object)
+        else:
+            key = self.setup_args.get("cell_type_key")
+            if key is not None and key in adata.obs:
+                names = adata.obs[key].astype(str).to_numpy(dtype=object)
+                unknown = sorted(set(names) - set(known))
+                if unknown:
+                    raise ValueError(
+                        f"obs[{key!r}] has cell types the model was not trained on: {unknown}. "
+                        f"Known: {known}."
+                    )
+            elif len(known) == 1:
+                names = np.full(adata.n_obs, known[0], dtype=object)
+            else:
+                raise ValueError(
+                    f"The model knows several cell types {known}; pass cell_type=... or give "
+                    f"the input an obs column {key!r}."
+                )
+        index = {c: i for i, c in enumerate(known)}
+        return np.array([index[n] for n in names], dtype=np.int64), names
+
+    def _token_indices(self, tokens: tuple[str, ...]) -> tuple[list[int], list[int]]:
+        """Vocabulary and node indices of tokens; errors name tokens the model cannot embed."""
+        vocab = {t: i for i, t in enumerate(self.vocabulary_)}
+        nodes = {t: i for i, t in enumerate(self.node_names_)}
+        featured = self.module.condition.perturbation.node_has_features.cpu().numpy()
+        vocab_idx, node_idx = [], []
+        for tok in tokens:
+            v, n = vocab.get(tok, PAD), nodes.get(tok, PAD)
+            if v == PAD and (n == PAD or not featured[n]):
+                choices = list(self.vocabulary_) + list(self.adata_var_names)
+                raise ValueError(
+                    f"Unknown perturbation token {tok!r}: it was not perturbed in training, is "
+                    "not a measured gene and has no entry in gene_embeddings"
+                    + _suggest(tok, choices)
+                    + " To predict genes never seen in training, pass gene_embeddings= when "
+                    "creating the model."
+                )
+            vocab_idx.append(v)
+            node_idx.append(n)
+        return vocab_idx, node_idx
+
+    @property
+    def adata_var_names(self) -> list[str]:
+        """The model's genes."""
+        return [str(g) for g in self.get_var_names()]
+
+    def _read_controls(self, adata: ad.AnnData, layer: str | None | Literal["setup"]):
+        if not isinstance(adata, ad.AnnData):
+            raise TypeError(f"Expected an AnnData of control cells, got {type(adata).__name__}.")
+        if adata.n_obs == 0:
+            raise ValueError("The input AnnData has no cells (n_obs == 0).")
+        if layer == "setup":
+            layer = self.setup_args.get("layer")
+            if layer is not None and layer not in adata.layers:
+                layer = None
+        X = align_genes(adata, self.adata_var_names, layer, what="adata_ctrl")
+        check_log_normalised(X, "the input expression")
+        return X
+
+    def _batches(self, n: int, batch_size: int):
+        for start in range(0, n, batch_size):
+            yield slice(start, min(start + batch_size, n))
+
+    # ------------------------------------------------------------------ prediction
+    @torch.inference_mode()
+    def get_latent(
+        self,
+        adata_ctrl: ad.AnnData,
+        cell_type: str | None = None,
+        n_steps: int = 50,
+        batch_size: int = 1024,
+        layer: str | None | Literal["setup"] = "setup",
+        seed: int | None = 0,
+    ) -> np.ndarray:
+        """Encode control cells into the shared Gaussian latent (deterministic DDIM, backwards).
+
+        Parameters
+        ----------
+        adata_ctrl
+            Control cells; genes are matched to the model's by name.
+        cell_type
+            Cell type of all cells; default: the model's cell-type column of ``adata_ctrl``.
+        n_steps
+            DDIM steps.
+        batch_size
+            Cells per batch.
+        layer
+            Layer to read; ``"setup"`` uses the one registered in training if present.
+        seed
+            Seed of the light noise that starts the encoding (see
+            :meth:`~scdoloris.module.DolorisModule.encode`).
+
+        Returns
+        -------
+        Cells x genes array of latents (about standard normal for control cells).
+
+        Examples
+        --------
+        >>> z = model.get_latent(adata[adata.obs["perturbation"] == "ctrl"])  # doctest: +SKIP
+        """
+        self._check_if_trained(warn=True)
+        X = self._read_controls(adata_ctrl, layer)
+        codes, _ = self._cell_type_codes(adata_ctrl, cell_type)
+        self.module.eval()
+        device = self.module.device
+        generator = _generator(seed)
+        out = []
+        for sl in self._batches(X.shape[0], batch_size):
+            x = torch.from_numpy(X[sl]).to(device)
+            ct = torch.from_numpy(codes[sl]).to(device)
+            out.append(self.module.encode(x, ct, n_steps, generator).cpu().numpy())
+        return np.concatenate(out)
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        adata_ctrl: ad.AnnData,
+        perturbation: str | Sequence[str],
+        cell_type: str | None = None,
+        n_steps: int = 50,
+        batch_size: int = 512,
+        seed: int | None = 0,
+        mask: Literal["bernoulli", "none"] = "bernoulli",
+        start: Literal["latent", "noise"] = "latent",
+        layer: str | None | Literal["setup"] = "setup",
+        return_probabilities: bool = False,
+        progress_bar: bool = True,
+    ) -> ad.AnnData:
+        """Predict perturbed cells from control cells, one predicted cell per control cell.
+
+        Each control cell is encoded by the source model into the shared latent, then decoded by
+        the target model under each perturbation; the mask decides which genes are expressed.
+
+        Parameters
+        ----------
+        adata_ctrl
+            Control cells (log-normalised); genes are matched to the model's by name, extra
+            genes are ignored. It is not modified.
+        perturbation
+            One perturbation (``"KLF1"``, ``"KLF1+MAP2K6"``) or a list; each gives one block of
+            predicted cells.
+        cell_type
+            Cell type of all input cells (needed when the model knows several types and the
+            input lacks the cell-type column).
+        n_steps
+            DDIM steps of each of the two ODE runs.
+        batch_size
+            Control cells per batch.
+        seed
+            Seed of the random parts (mask sampling, noise start); the same seed gives the same
+            prediction. ``None`` draws a fresh one.
+        mask
+            ``"bernoulli"``: each gene expressed with the mask network's probability;
+            ``"none"``: the raw diffusion output (ablation; dense and poor on sparse data).
+        start
+            ``"latent"``: decode from the encoded control cell (the bridge); ``"noise"``: from
+            N(0, I) (ablation "no latent").
+        layer
+            Layer of ``adata_ctrl`` to read; ``"setup"`` uses the registered one if present.
+        return_probabilities
+            Also return the mask network's expression probabilities in
+            ``layers["expression_probability"]``.
+        progress_bar
+            Show a progress bar.
+
+        Returns
+        -------
+        A new AnnData: ``X`` the predicted log-normalised expression with the model's genes;
+        ``obs`` with ``perturbation``, ``cell_type``, ``control_cell`` and ``predicted``;
+        ``uns["scdoloris"]`` with the settings.
+
+        Examples
+        --------
+        >>> ctrl = adata[adata.obs["perturbation"] == "ctrl"]  # doctest: +SKIP
+        >>> pred = model.predict(ctrl, perturbation="KLF1+MAP2K6")  # doctest: +SKIP
+        >>> sc.pp.pca(pred); sc.pp.neighbors(pred); sc.tl.umap(pred)  # doctest: +SKIP
+        """
+        self._check_if_trained(warn=True)
+        if mask not in ("bernoulli", "none"):
+            raise ValueError(f"mask must be 'bernoulli' or 'none', got {mask!r}.")
+        if start not in ("latent", "noise"):
+            raise ValueError(f"start must be 'latent' or 'noise', got {start!r}.")
+        if mask == "bernoulli" and not self.module.use_mask:
+            raise ValueError("This model has no mask network (use_mask=False): pass mask='none'.")
+        perturbations = [perturbation] if isinstance(perturbation, str) else list(perturbation)
+        if not perturbations:
+            raise ValueError("Pass at least one perturbation.")
+        control = self.setup_args["control_group"]
+        delimiter = self.setup_args["combination_delimiter"]
+        parsed = tokenize_column(pd.Series(perturbations), control, delimiter, "perturbation")
+        names = [format_tokens(t, control, delimiter) for t in parsed]
+        indices = [self._token_indices(t) for t in parsed]
+        X = self._read_controls(adata_ctrl, layer)
+        codes, ct_names = self._cell_type_codes(adata_ctrl, cell_type)
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0])
+        generator = _generator(seed)
+
+        self.module.eval()
+        device = self.module.device
+        n = X.shape[0]
+        width = max(1, max(len(t) for t in parsed))
+        blocks: list[list[np.ndarray]] = [[] for _ in perturbations]
+        prob_blocks: list[list[np.ndarray]] = [[] for _ in perturbations]
+        n_batches = math.ceil(n / batch_size)
+        bar = tqdm(
+            total=n_batches * len(perturbations), desc="Predicting", disable=not progress_bar
+        )
+        for sl in self._batches(n, batch_size):
+            x = torch.from_numpy(X[sl]).to(device)
+            ct = torch.from_numpy(codes[sl]).to(device)
+            m = x.shape[0]
+            if start == "latent":
+                latent = self.module.encode(x, ct, n_steps, generator)
+            for j, (vocab_idx, node_idx) in enumerate(indices):
+                v = torch.full((m, width), PAD, dtype=torch.long)
+                nd = torch.full((m, width), PAD, dtype=torch.long)
+                v[:, : len(vocab_idx)] = torch.tensor(vocab_idx, dtype=torch.long)
+                nd[:, : len(node_idx)] = torch.tensor(node_idx, dtype=torch.long)
+                v, nd = v.to(device), nd.to(device)
+                if start == "noise":
+                    latent = torch.randn(x.shape, generator=generator).to(device)
+                x_hat = self.module.decode(latent, x, ct, v, nd, n_steps).clamp_min(0.0)
+                if mask == "bernoulli" or return_probabilities:
+                    p = self.module.expression_probability(x, ct, v, nd)
+                    if return_probabilities:
+                        prob_blocks[j].append(p.cpu().numpy())
+                if mask == "bernoulli":
+                    draw = torch.rand(p.shape, generator=generator).to(device)
+                    x_hat = x_hat * (draw < p)
+                blocks[j].append((x_hat * self.module.x_max).cpu().numpy())
+                bar.update(1)
+        bar.close()
+
+        obs_names = np.asarray(adata_ctrl.obs_names, dtype=object)
+        out = prediction_anndata(
+            np.concatenate([np.concatenate(b) for b in blocks]),
+            self.adata_var_names,
+            perturbation=np.repeat(names, n),
+            cell_type=np.tile(ct_names, len(names)),
+            control_cell=np.tile(obs_names, len(names)),
+            uns={
+                "n_steps": n_steps,
+                "seed": int(seed),
+                "mask": mask,
+                "start": start,
+                "perturbations": names,
+                "version": __version__,
+            },
+        )
+        if return_probabilities:
+            out.layers["expression_probability"] = np.concatenate(
+                [np.concatenate(b) for b in prob_blocks]
+            ).astype(np.float32)
+        return out
+
+    # ------------------------------------------------------------------ save / load
+    def save(
+        self,
+        dir_path: str,
+        overwrite: bool = False,
+        save_anndata: bool = False,
+        prefix: str | None = None,
+        **kwargs,
+    ) -> None:
+        """Save the model (weights, data-derived state, vocabulary) to a directory.
+
+        Parameters
+        ----------
+        dir_path
+            Directory to write; refused if it exists unless ``overwrite=True``.
+        overwrite
+            Replace an existing directory's model files.
+        save_anndata
+            Also write the training AnnData.
+        prefix
+            Prefix of the file names.
+        **kwargs
+            Passed to :meth:`scvi.model.base.BaseModelClass.save`.
+
+        Examples
+        --------
+        >>> model.save("doloris_model/")  # doctest: +SKIP
+        >>> model = DolorisModel.load("doloris_model/")  # doctest: +SKIP
+        """
+        import os
+
+        if os.path.exists(dir_path) and not overwrite:
+            raise FileExistsError(
+                f"{dir_path!r} already exists. Pass overwrite=True to replace it, or choose "
+                "another directory."
+            )
+        super().save(
+            dir_path, prefix=prefix, overwrite=overwrite, save_anndata=save_anndata, **kwargs
+        )
+
+    @classmethod
+    def load(
+        cls,
+        dir_path: str,
+        adata: ad.AnnData | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+        prefix: str | None = None,
+    ) -> DolorisModel:
+        """Load a saved model; no training data is needed to predict.
+
+        Parameters
+        ----------
+        dir_path
+            Directory written by :meth:`save`.
+        adata
+            Optional AnnData set up like the training data, to train further.
+        accelerator, device
+            Where to put the model (``"auto"``: a GPU when present).
+        prefix
+            Prefix of the file names.
+
+        Examples
+        --------
+        >>> model = DolorisModel.load("doloris_model/")  # doctest: +SKIP
+        """
+        _, _, torch_device = parse_device_args(
+            accelerator=accelerator,
+            devices=device,
+            return_device="torch",
+            validate_single_device=True,
+        )
+        attr_dict, var_names, state_dict, _ = _load_saved_files(
+            dir_path, False, map_location=torch_device, prefix=prefix
+        )
+        version = attr_dict.get("scdoloris_version_")
+        file_format = attr_dict.get("file_format_")
+        if version is None or file_format is None:
+            raise ValueError(
+                f"{dir_path!r} does not hold a scdoloris model (no scdoloris version recorded)."
+            )
+        if file_format != FILE_FORMAT:
+            raise ValueError(
+                f"{dir_path!r} was saved by scdoloris {version} in file format {file_format}; "
+                f"this scdoloris {__version__} reads format {FILE_FORMAT}. Install scdoloris "
+                f"{version} to load it."
+            )
+        registry = attr_dict.pop("registry_")
+        if registry.get(_MODEL_NAME_KEY, cls.__name__) != cls.__name__:
+            raise ValueError(
+                f"{dir_path!r} holds a {registry[_MODEL_NAME_KEY]}, not a {cls.__name__}."
+            )
+        model = _initialize_model(cls, False, registry, attr_dict, None)
+        model.module = DolorisModule(**model.module_kwargs_)
+        state_dict.pop("pyro_param_store", None)
+        model.module.load_state_dict(state_dict)
+        model.to_device(torch_device)
+        model.module.eval()
+        if adata is not None:
+            missing = pd.Index(var_names).difference(adata.var_names)
+            if len(missing):
+                raise ValueError(
+                    f"adata lacks {len(missing)} of the model's genes, e.g. {missing[:5].tolist()}."
+                )
+            model.adata = adata
+        return model
+
+
+def _generator(seed: int | None) -> torch.Generator:
+    """A CPU generator seeded with ``seed`` (a fresh random seed when None)."""
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1)[0])
+    return torch.Generator().manual_seed(int(seed))
+
+
+def _suggest(name: str, choices: Sequence[str]) -> str:
+    hits = close_matches(name, choices)
+    return f". Did you mean {hits}?" if hits else "."
+
+
+def _validate_setup(
+    adata: ad.AnnData,
+    perturbation_key: str,
+    control_group: str,
+    cell_type_key: str | None,
+    layer: str | None,
+    delimiter: str,
+) -> None:
+    """Check the inputs of setup_anndata; errors name the bad value and the fix."""
+    if not isinstance(adata, ad.AnnData):
+        raise TypeError(f"Expected an AnnData, got {type(adata).__name__}.")
+    if adata.n_obs == 0:
+        raise ValueError("The AnnData has no cells (n_obs == 0).")
+    if not adata.var_names.is_unique:
+        dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
+        raise ValueError(
+            f"var_names has duplicates (e.g. {dup}). Run adata.var_names_make_unique()."
+        )
+    columns = [str(c) for c in adata.obs.columns]
+    for what, key in (("perturbation_key", perturbation_key), ("cell_type_key", cell_type_key)):
+        if key is not None and key not in adata.obs:
+            raise KeyError(
+                f"{what}={key!r} is not a column of adata.obs (columns: {columns})"
+                + _suggest(key, columns)
+            )
+    column = adata.obs[perturbation_key]
+    if column.isna().any():
+        bad = column.index[column.isna()][:5].tolist()
+        raise ValueError(
+            f"obs[{perturbation_key!r}] has {int(column.isna().sum())} missing values (e.g. "
+            f"cells {bad}). Fill them (the control label is {control_group!r}) or drop those cells."
+        )
+    labels = column.astype(str)
+    tokens = tokenize_column(labels, control_group, delimiter, perturbation_key)
+    is_control = np.array([len(t) == 0 for t in tokens])
+    if not is_control.any():
+        values = sorted(labels.unique().tolist())
+        hints = close_matches(control_group, values) or [
+            v for v in values if v.lower() in {c.lower() for c in COMMON_CONTROL_LABELS}
+        ]
+        raise ValueError(
+            f"No control cells: no value of obs[{perturbation_key!r}] equals "
+            f"control_group={control_group!r}"
+            + (
+                f". Did you mean control_group={hints[0]!r}?"
+                if hints
+                else f" (values: {values[:10]})."
+            )
+        )
+    if cell_type_key is not None:
+        ct = adata.obs[cell_type_key]
+        if ct.isna().any():
+            raise ValueError(
+                f"obs[{cell_type_key!r}] has {int(ct.isna().sum())} missing values; fill or drop "
+                "those cells."
+            )
+        ct = ct.astype(str).to_numpy()
+        lacking = sorted(set(ct) - set(ct[is_control]))
+        if lacking:
+            raise ValueError(
+                f"Cell types without control cells: {lacking}. Every cell type needs controls "
+                "(the model learns its control distribution); drop those cells or add controls."
+            )
+    check_log_normalised(
+        get_matrix(adata, layer), "adata.X" if layer is None else f"layer {layer!r}"
+    )

@@ -1,0 +1,3 @@
+from ._plan import DolorisTrainingPlan
+
+__all__ = ["DolorisTrainingPlan"]

@@ -1,0 +1,62 @@
+"""Shared fixtures: the real data of ../shared/data (skipped when absent) and small models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+NORMAN = DATA_DIR / "norman2019_k562_subset.h5ad"
+HELD_OUT_PAIRS = ["KLF1+MAP2K6", "KLF1+TGFBR2", "MAP2K3+MAP2K6", "MAP2K3+SLC38A2", "MAPK1+TGFBR2"]
+
+torch.set_num_threads(1)
+
+
+def read_log_normalised(path: Path):
+    """Read a shared .h5ad (raw counts) and log-normalise it; skip the test when it is absent."""
+    if not path.exists():
+        pytest.skip(f"{path.name} not found in {path.parent} (the shared data folder is absent)")
+    import scanpy as sc
+
+    adata = sc.read_h5ad(path)
+    adata.layers["counts"] = adata.X.copy()
+    sc.pp.normalize_total(adata)
+    sc.pp.log1p(adata)
+    return adata
+
+
+@pytest.fixture(scope="session")
+def norman():
+    """The Norman subset, log-normalised (3,375 cells x 500 genes)."""
+    return read_log_normalised(NORMAN)
+
+
+@pytest.fixture(scope="session")
+def norman_split(norman):
+    """Training cells (controls, singles, pairs not held out) and the held-out pairs."""
+    held = norman.obs["perturbation"].isin(HELD_OUT_PAIRS).to_numpy()
+    return norman[~held].copy(), norman[held].copy()
+
+
+@pytest.fixture(scope="session")
+def norman_model(norman_split):
+    """A small Doloris model trained for a bounded number of steps on the Norman training cells."""
+    import scvi
+
+    from scdoloris import DolorisModel
+
+    scvi.settings.seed = 0
+    train, _ = norman_split
+    adata = train.copy()
+    DolorisModel.setup_anndata(adata, perturbation_key="perturbation", control_group="control")
+    model = DolorisModel(adata, n_hidden=256, n_layers=2, n_cond=64, n_mask_hidden=128)
+    model.train(max_epochs=25, batch_size=128, enable_progress_bar=False)
+    return model
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
