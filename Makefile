@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo bench clean
+.PHONY: venv test lint demo bench bench-tiny clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,10 +24,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
 demo: $(STAMP)
-	$(PY) -m scdoloris.demo
+	$(PY) -m scdoloris demo -o demo_output
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
+
+# seconds-long smoke run of the benchmark (CI's configuration), written to a temporary directory
+bench-tiny: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/run.py --tiny
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist

@@ -239,3 +239,23 @@ def test_setup_keeps_user_data_and_tokens_are_genes():
     model = DolorisModel(adata, n_hidden=32, n_layers=1, n_cond=16, n_mask_hidden=16)
     assert model.vocabulary_ == ["A", "B"]  # pairs are made of gene tokens, not categories
     assert model.cell_types_ == ["t1", "t2"]
+
+
+@pytest.mark.parametrize("single", ["KLF1", "MAP2K6", "TGFBR2"])
+def test_coherent_masks_match_detection_of_seen_singles(norman_model, norman, single):
+    real = norman[norman.obs["perturbation"] == single].X.toarray()
+    pred = norman_model.predict(
+        _controls(norman), single, mask="coherent", n_steps=10, progress_bar=False
+    )
+    assert abs((pred.X == 0).mean() - (real == 0).mean()) < 0.05
+    r = np.corrcoef((pred.X != 0).mean(0), (real != 0).mean(0))[0, 1]
+    assert r > 0.9, r
+
+
+def test_coupled_masks_keep_each_cells_pattern(norman_model, norman):
+    ctrl = _controls(norman)
+    pred = norman_model.predict(ctrl, "KLF1", mask="coupled", n_steps=10, progress_bar=False)
+    same = ((pred.X != 0) == (ctrl.X.toarray() != 0)).mean()
+    assert same > 0.9  # most genes keep the control cell's on/off state
+    real = norman[norman.obs["perturbation"] == "KLF1"].X.toarray()
+    assert abs((pred.X == 0).mean() - (real == 0).mean()) < 0.05

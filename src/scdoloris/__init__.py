@@ -1,5 +1,10 @@
-"""scdoloris: Doloris (dual conditional diffusion implicit bridges) as an scvi-tools model."""
+"""scdoloris: Doloris (dual conditional diffusion implicit bridges) as an scvi-tools model.
 
+Submodules and :class:`DolorisModel` are imported on first use, so that ``import scdoloris``
+(and the command line's ``--help``) does not pay for importing scvi-tools and Lightning.
+"""
+
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 try:
@@ -7,9 +12,9 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-from . import baselines, datasets, metrics, module, train  # noqa: E402
 from ._perturbation import normalize_perturbation, parse_perturbation  # noqa: E402
-from .model import DolorisModel  # noqa: E402
+
+_SUBMODULES = {"baselines", "datasets", "metrics", "module", "train", "model", "plotting"}
 
 __all__ = [
     "DolorisModel",
@@ -22,3 +27,11 @@ __all__ = [
     "train",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    if name == "DolorisModel":
+        return import_module(".model", __name__).DolorisModel
+    if name in _SUBMODULES:
+        return import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'scdoloris' has no attribute {name!r}")

@@ -31,14 +31,16 @@ from .._constants import PAD, REGISTRY_KEYS
 from .._fields import PerturbationTokenField, tokenize_column
 from .._perturbation import format_tokens
 from ..module import DolorisModule
+from ..module._mask_sampler import CoherentMaskSampler, MaskBank, build_mask_bank
 from ..train import DolorisTrainingPlan
 from ._presets import PRESETS
-from ._statistics import compute_statistics
+from ._statistics import compositional_effects, compute_statistics
 
 logger = logging.getLogger(__name__)
 
 FILE_FORMAT = 1
-DEFAULT_TRAIN_STEPS = 4000
+MASK_MODES = ("coherent", "coupled", "bernoulli", "none")
+DEFAULT_TRAIN_STEPS = 2000
 COMMON_CONTROL_LABELS = ("ctrl", "control", "non-targeting", "NT", "unperturbed", "DMSO")
 
 
@@ -143,6 +145,14 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
             n_gene_components=n_gene_components,
             coexpression_threshold=coexpression_threshold,
         )
+        labels = np.array([format_tokens(self._row_tokens(r, vocabulary)) for r in tokens])
+        self.mask_bank_ = build_mask_bank(
+            X,
+            np.char.add(
+                np.char.add(labels.astype(str), " | "),
+                np.asarray(cell_types)[cell_type].astype(str),
+            ),
+        ).to_dict()
         self.vocabulary_ = vocabulary
         self.cell_types_ = [str(c) for c in cell_types]
         self.node_names_ = stats.node_names
@@ -153,6 +163,7 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
             "n_nodes": len(stats.node_names),
             "n_node_features": stats.node_features.shape[1],
             "n_edges": stats.edge_index.shape[1],
+            "n_gene_edges": int((stats.edge_index < self.adata.n_vars).all(0).sum()),
             **PRESETS[preset],
             **module_kwargs,
         }
@@ -166,6 +177,13 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
             torch.from_numpy(stats.edge_index),
             torch.from_numpy(stats.vocab_to_node),
         )
+        effects = compositional_effects(X, tokens, cell_type, len(cell_types), len(vocabulary))
+        self.module.set_effects(
+            torch.from_numpy(effects.control_expressed_mean),
+            torch.from_numpy(effects.control_detection_logit),
+            torch.from_numpy(effects.token_expressed_effect),
+            torch.from_numpy(effects.token_detection_effect),
+        )
         n_featured = int((np.abs(stats.node_features).sum(1) > 0).sum())
         self._model_summary_string = (
             f"DolorisModel: {self.adata.n_vars} genes, {len(cell_types)} cell type(s), "
@@ -173,6 +191,10 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
             f"({n_featured} with features) and {stats.edge_index.shape[1]} edges; "
             f"preset={preset!r}, {sum(p.numel() for p in self.module.parameters()):,} parameters."
         )
+
+    @staticmethod
+    def _row_tokens(row: np.ndarray, vocabulary: list[str]) -> tuple[str, ...]:
+        return tuple(vocabulary[int(i)] for i in row if i != PAD)
 
     # ------------------------------------------------------------------ setup
     @classmethod
@@ -263,7 +285,7 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
         Parameters
         ----------
         max_epochs
-            Passes over the data. ``None`` gives about 4000 optimisation steps (at least 10
+            Passes over the data. ``None`` gives about 2000 optimisation steps (at least 10
             and at most 2000 epochs), which the default preset runs in minutes on a CPU for a
             few thousand cells.
         batch_size
@@ -422,6 +444,80 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
         for start in range(0, n, batch_size):
             yield slice(start, min(start + batch_size, n))
 
+    def _condition_tensors(
+        self, vocab_idx: list[int], node_idx: list[int], n: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token index matrices (cells x tokens) for one perturbation."""
+        v = torch.tensor([vocab_idx or [PAD]], dtype=torch.long).expand(n, -1)
+        nd = torch.tensor([node_idx or [PAD]], dtype=torch.long).expand(n, -1)
+        return v, nd
+
+    def _mean_probabilities(self, X, codes, conditions, batch_size) -> list[dict[int, np.ndarray]]:
+        """Mean expression probability per perturbation and cell type (first pass, bounded memory).
+
+        The mask network's probabilities are averaged over all input cells of a cell type with a
+        running sum.
+        """
+        device = self.module.device
+        n_types = len(self.cell_types_)
+        counts = np.bincount(codes, minlength=n_types)
+        means = []
+        for v_all, nd_all in conditions:
+            sums = torch.zeros(n_types, self.module.n_genes, dtype=torch.float64)
+            for sl in self._batches(X.shape[0], batch_size):
+                x = torch.from_numpy(X[sl]).to(device)
+                ct = torch.from_numpy(codes[sl]).to(device)
+                v, nd = v_all[sl].to(device), nd_all[sl].to(device)
+                p = self.module.expression_probability(x, ct, v, nd)
+                sums.index_add_(0, ct.cpu(), p.double().cpu())
+            means.append({int(c): (sums[c] / counts[c]).numpy() for c in np.flatnonzero(counts)})
+        return means
+
+    def _mask_plans(self, mask, X, codes, conditions, top_genes, thresholds, batch_size):
+        """What the second pass needs to draw masks, per perturbation and cell type.
+
+        ``"coherent"``: the matched condition's real masks and the genes forced on and off.
+        ``"coupled"``: the probability of keeping an expressed gene and of switching on a silent
+        one, so that each cell changes as little as possible while the group's detection rates
+        move from the input's to the predicted ones.
+        """
+        means = self._mean_probabilities(X, codes, conditions, batch_size)
+        if mask == "coherent":
+            bank = MaskBank.from_dict(self.mask_bank_)
+            sampler = CoherentMaskSampler(bank, top_genes, thresholds)
+            return [{c: sampler.match(p) for c, p in m.items()} for m in means]
+        plans = []
+        for m in means:
+            plan = {}
+            for c, p in m.items():
+                q = (X[codes == c] != 0).mean(0)
+                keep = np.where(q > 0, np.minimum(1.0, p / np.maximum(q, 1e-12)), 0.0)
+                switch_on = np.where(
+                    q < 1, np.maximum(0.0, (p - q) / np.maximum(1 - q, 1e-12)), 0.0
+                )
+                plan[c] = (keep.astype(np.float32), switch_on.astype(np.float32))
+            plans.append(plan)
+        return plans
+
+    def _draw_mask(self, mask, plan, x: np.ndarray, codes: np.ndarray, generator) -> np.ndarray:
+        """Second pass: one mask per cell (cells of a batch) following its cell type's plan."""
+        keep = np.zeros(x.shape, dtype=np.float32)
+        for c in np.unique(codes):
+            rows = np.flatnonzero(codes == c)
+            if mask == "coherent":
+                masks, on, off, _ = plan[int(c)]
+                pick = torch.randint(0, masks.shape[0], (len(rows),), generator=generator).numpy()
+                chosen = masks[pick]
+                chosen[:, on] = True
+                chosen[:, off] = False
+            else:
+                p_keep, p_on = plan[int(c)]
+                u = torch.rand((len(rows), x.shape[1]), generator=generator).numpy()
+                expressed = x[rows] != 0
+                chosen = np.where(expressed, u < p_keep, u < p_on)
+            keep[rows] = chosen
+        return keep
+
     # ------------------------------------------------------------------ prediction
     @torch.inference_mode()
     def get_latent(
@@ -481,8 +577,11 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
         n_steps: int = 50,
         batch_size: int = 512,
         seed: int | None = 0,
-        mask: Literal["bernoulli", "none"] = "bernoulli",
+        mask: Literal["coherent", "coupled", "bernoulli", "none"] = "coupled",
+        mask_top_genes: int = 300,
+        mask_thresholds: tuple[float, float] = (0.01, 0.99),
         start: Literal["latent", "noise"] = "latent",
+        depth: float = 1.0,
         layer: str | None | Literal["setup"] = "setup",
         return_probabilities: bool = False,
         progress_bar: bool = True,
@@ -511,11 +610,25 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
             Seed of the random parts (mask sampling, noise start); the same seed gives the same
             prediction. ``None`` draws a fresh one.
         mask
-            ``"bernoulli"``: each gene expressed with the mask network's probability;
-            ``"none"``: the raw diffusion output (ablation; dense and poor on sparse data).
+            ``"coupled"`` (default; it measured best, see ``benchmarks/RESULTS.md``): each control
+            cell keeps its own expression pattern, changed as little as needed for the group's
+            detection rates to become the mask network's predicted ones;
+            ``"coherent"`` (the paper's subset matching): whole expression patterns of real training cells, from the training
+            condition whose detection rates best match the mask network's probabilities (see
+            :class:`~scdoloris.module.CoherentMaskSampler`); ``"bernoulli"``: each gene
+            expressed independently with the mask network's probability; ``"none"``: the raw
+            diffusion output (ablation; dense and poor on sparse data).
+        mask_top_genes
+            Genes compared when matching a training condition (coherent masks).
+        mask_thresholds
+            ``(low, high)``: genes with mean probability at most ``low`` are never expressed,
+            at least ``high`` always (coherent masks).
         start
             ``"latent"``: decode from the encoded control cell (the bridge); ``"noise"``: from
             N(0, I) (ablation "no latent").
+        depth
+            Fraction of the diffusion time the bridge passes through (1: the Gaussian latent,
+            as in the paper; smaller keeps more of each control cell).
         layer
             Layer of ``adata_ctrl`` to read; ``"setup"`` uses the registered one if present.
         return_probabilities
@@ -537,11 +650,11 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
         >>> sc.pp.pca(pred); sc.pp.neighbors(pred); sc.tl.umap(pred)  # doctest: +SKIP
         """
         self._check_if_trained(warn=True)
-        if mask not in ("bernoulli", "none"):
-            raise ValueError(f"mask must be 'bernoulli' or 'none', got {mask!r}.")
+        if mask not in MASK_MODES:
+            raise ValueError(f"mask must be one of {MASK_MODES}, got {mask!r}.")
         if start not in ("latent", "noise"):
             raise ValueError(f"start must be 'latent' or 'noise', got {start!r}.")
-        if mask == "bernoulli" and not self.module.use_mask:
+        if mask != "none" and not self.module.use_mask:
             raise ValueError("This model has no mask network (use_mask=False): pass mask='none'.")
         perturbations = [perturbation] if isinstance(perturbation, str) else list(perturbation)
         if not perturbations:
@@ -558,30 +671,31 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
         generator = _generator(seed)
 
         self.module.eval()
-        device = self.module.device
         n = X.shape[0]
-        width = max(1, max(len(t) for t in parsed))
+        conditions = [self._condition_tensors(v, nd, n) for v, nd in indices]
+        plans = None
+        if mask in ("coherent", "coupled"):
+            plans = self._mask_plans(
+                mask, X, codes, conditions, mask_top_genes, mask_thresholds, batch_size
+            )
         blocks: list[list[np.ndarray]] = [[] for _ in perturbations]
         prob_blocks: list[list[np.ndarray]] = [[] for _ in perturbations]
-        n_batches = math.ceil(n / batch_size)
         bar = tqdm(
-            total=n_batches * len(perturbations), desc="Predicting", disable=not progress_bar
+            total=math.ceil(n / batch_size) * len(perturbations),
+            desc="Predicting",
+            disable=not progress_bar,
         )
+        device = self.module.device
         for sl in self._batches(n, batch_size):
             x = torch.from_numpy(X[sl]).to(device)
             ct = torch.from_numpy(codes[sl]).to(device)
-            m = x.shape[0]
             if start == "latent":
-                latent = self.module.encode(x, ct, n_steps, generator)
-            for j, (vocab_idx, node_idx) in enumerate(indices):
-                v = torch.full((m, width), PAD, dtype=torch.long)
-                nd = torch.full((m, width), PAD, dtype=torch.long)
-                v[:, : len(vocab_idx)] = torch.tensor(vocab_idx, dtype=torch.long)
-                nd[:, : len(node_idx)] = torch.tensor(node_idx, dtype=torch.long)
-                v, nd = v.to(device), nd.to(device)
+                latent = self.module.encode(x, ct, n_steps, generator, depth)
+            for j, (v_all, nd_all) in enumerate(conditions):
+                v, nd = v_all[sl].to(device), nd_all[sl].to(device)
                 if start == "noise":
                     latent = torch.randn(x.shape, generator=generator).to(device)
-                x_hat = self.module.decode(latent, x, ct, v, nd, n_steps).clamp_min(0.0)
+                x_hat = self.module.decode(latent, x, ct, v, nd, n_steps, depth).clamp_min(0.0)
                 if mask == "bernoulli" or return_probabilities:
                     p = self.module.expression_probability(x, ct, v, nd)
                     if return_probabilities:
@@ -589,6 +703,9 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
                 if mask == "bernoulli":
                     draw = torch.rand(p.shape, generator=generator).to(device)
                     x_hat = x_hat * (draw < p)
+                elif plans is not None:
+                    keep = self._draw_mask(mask, plans[j], X[sl], codes[sl], generator)
+                    x_hat = x_hat * torch.from_numpy(keep).to(device)
                 blocks[j].append((x_hat * self.module.x_max).cpu().numpy())
                 bar.update(1)
         bar.close()
@@ -605,6 +722,12 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
                 "seed": int(seed),
                 "mask": mask,
                 "start": start,
+                "depth": depth,
+                **(
+                    {"mask_matched_conditions": _matched_labels(plans, names)}
+                    if mask == "coherent"
+                    else {}
+                ),
                 "perturbations": names,
                 "version": __version__,
             },
@@ -710,7 +833,14 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
         model = _initialize_model(cls, False, registry, attr_dict, None)
         model.module = DolorisModule(**model.module_kwargs_)
         state_dict.pop("pyro_param_store", None)
-        model.module.load_state_dict(state_dict)
+        try:
+            model.module.load_state_dict(state_dict)
+        except RuntimeError as err:
+            raise ValueError(
+                f"{dir_path!r} was saved by an incompatible scdoloris ({version}): its weights do "
+                f"not fit this version's model ({err.args[0].splitlines()[0]}). Retrain, or "
+                f"install scdoloris {version} to load it."
+            ) from err
         model.to_device(torch_device)
         model.module.eval()
         if adata is not None:
@@ -721,6 +851,13 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
                 )
             model.adata = adata
         return model
+
+
+def _matched_labels(pools: list[dict[int, tuple]], names: list[str]) -> dict[str, list[str]]:
+    """For uns: the training condition matched for each perturbation (per cell type)."""
+    return {
+        name: [pool[c][3] for c in sorted(pool)] for name, pool in zip(names, pools, strict=True)
+    }
 
 
 def _generator(seed: int | None) -> torch.Generator:

@@ -104,8 +104,12 @@ def preconditioning(alpha_bar: torch.Tensor, sigma_data: float | torch.Tensor):
     return denom.rsqrt(), sigma_data**2 / denom, s2.sqrt() * sigma_data * denom.rsqrt()
 
 
-def ddim_timesteps(n_timesteps: int, n_steps: int, t_start: int = 0) -> torch.Tensor:
-    """The ``n_steps + 1`` increasing timesteps of a DDIM run, from ``t_start`` to ``T - 1``.
+def ddim_timesteps(
+    n_timesteps: int, n_steps: int, t_start: int = 0, t_end: int | None = None
+) -> torch.Tensor:
+    """The ``n_steps + 1`` increasing timesteps of a DDIM run, from ``t_start`` to ``t_end``.
+
+    ``t_end`` defaults to the last timestep ``T - 1``.
 
     Encoding walks them upwards (a clean cell is taken as the sample at ``t_start``), decoding
     downwards; each run has ``n_steps`` steps.
@@ -119,8 +123,9 @@ def ddim_timesteps(n_timesteps: int, n_steps: int, t_start: int = 0) -> torch.Te
     """
     if n_steps < 1:
         raise ValueError(f"n_steps must be at least 1, got {n_steps}.")
-    n_steps = min(n_steps, n_timesteps - 1 - t_start)
-    grid = torch.linspace(t_start, n_timesteps - 1, n_steps + 1, dtype=torch.float64)
+    t_end = n_timesteps - 1 if t_end is None else t_end
+    n_steps = max(1, min(n_steps, t_end - t_start))
+    grid = torch.linspace(t_start, t_end, n_steps + 1, dtype=torch.float64)
     return grid.floor().long()
 
 

@@ -1,0 +1,105 @@
+"""Small plotting helpers (matplotlib, no pyplot state: safe in scripts and servers)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import anndata as ad
+
+__all__ = ["umap"]
+
+
+def umap(
+    adata: ad.AnnData,
+    color: str | Sequence[str],
+    path: str | Path | None = None,
+    *,
+    n_pcs: int = 30,
+    n_neighbors: int = 15,
+    seed: int = 0,
+    title: str | Sequence[str] | None = None,
+    point_size: float | None = None,
+    dpi: int = 120,
+):
+    """Compute a UMAP of ``adata`` (on a copy) and draw one panel per ``color`` column.
+
+    Runs :func:`scanpy.pp.pca`, :func:`scanpy.pp.neighbors` and :func:`scanpy.tl.umap` on a copy
+    of ``adata`` (which is not modified) and draws with :func:`scanpy.pl.umap` into a
+    :class:`matplotlib.figure.Figure` rendered by the Agg backend, so no display is needed and
+    the caller's pyplot state is left alone.
+
+    Parameters
+    ----------
+    adata
+        Cells to embed, log-normalised expression in ``X`` (e.g. control, real and predicted
+        cells concatenated).
+    color
+        Column(s) of ``adata.obs`` to colour by; one panel each. Colours of categorical columns
+        are taken from ``adata.uns[f"{column}_colors"]`` when present (scanpy's convention).
+    path
+        Where to save the figure (``.png``, ``.pdf``, ...); ``None`` only returns it.
+    n_pcs
+        Principal components used for the neighbour graph (capped by the data's shape).
+    n_neighbors
+        Neighbours of the kNN graph.
+    seed
+        Random state of PCA and UMAP.
+    title
+        Panel title(s); default: the column names.
+    point_size
+        Marker size; default: scanpy's choice for the number of cells.
+    dpi
+        Resolution of a saved raster image.
+
+    Returns
+    -------
+    The :class:`matplotlib.figure.Figure`.
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np, pandas as pd
+    >>> rng = np.random.default_rng(0)
+    >>> obs = pd.DataFrame({"group": ["a"] * 30 + ["b"] * 30}, index=[str(i) for i in range(60)])
+    >>> adata = ad.AnnData(rng.poisson(1.0, size=(60, 20)).astype(np.float32), obs=obs)
+    >>> fig = umap(adata, "group")  # doctest: +SKIP
+    """
+    import scanpy as sc
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    colors = [color] if isinstance(color, str) else list(color)
+    if not colors:
+        raise ValueError("Pass at least one obs column in color=.")
+    missing = [c for c in colors if c not in adata.obs]
+    if missing:
+        raise KeyError(
+            f"color columns {missing} are not in adata.obs (columns: {list(adata.obs.columns)})."
+        )
+    if adata.n_obs < 3:
+        raise ValueError(f"A UMAP needs at least 3 cells, got {adata.n_obs}.")
+    titles = colors if title is None else ([title] if isinstance(title, str) else list(title))
+    if len(titles) != len(colors):
+        raise ValueError(f"Got {len(titles)} titles for {len(colors)} color columns.")
+
+    emb = ad.AnnData(X=adata.X, obs=adata.obs[colors].copy(), var=adata.var[[]].copy())
+    for c in colors:
+        if emb.obs[c].dtype.name != "category":
+            emb.obs[c] = emb.obs[c].astype(str).astype("category")
+        if f"{c}_colors" in adata.uns:  # scanpy's convention for fixed category colours
+            emb.uns[f"{c}_colors"] = list(adata.uns[f"{c}_colors"])
+    n_comps = max(1, min(n_pcs, emb.n_obs - 1, emb.n_vars - 1))
+    sc.pp.pca(emb, n_comps=n_comps, random_state=seed)
+    sc.pp.neighbors(emb, n_neighbors=min(n_neighbors, emb.n_obs - 1), random_state=seed)
+    sc.tl.umap(emb, random_state=seed)
+
+    fig = Figure(figsize=(5.5 * len(colors), 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(colors), squeeze=False)[0]
+    for ax, c, t in zip(axes, colors, titles, strict=True):
+        sc.pl.umap(emb, color=c, ax=ax, show=False, title=t, size=point_size, frameon=False)
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi)
+    return fig

@@ -1,0 +1,210 @@
+"""The command line: train, predict and evaluate end to end, the demo, help and error messages.
+
+End-to-end commands run through ``python -m scdoloris`` in a subprocess (each pays the import of
+scvi-tools, a few seconds); the cheaper checks call the typer app in-process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import scdoloris
+from scdoloris.cli import app
+
+HELD_OUT = 0  # index of the held-out pair in the simulation's pairs
+runner = CliRunner()
+
+
+def run_cli(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m scdoloris ARGS`` on one thread; return the completed process."""
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "COLUMNS": "120",
+        "PYTHONWARNINGS": "ignore",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "scdoloris", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def check_ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+
+
+def error_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("Error:")]
+
+
+@pytest.fixture(scope="module")
+def screen(tmp_path_factory) -> dict:
+    """A tiny simulated screen (raw counts) written as .h5ad, with one pair held out."""
+    folder = tmp_path_factory.mktemp("cli")
+    adata = scdoloris.datasets.simulate(
+        n_cells=240, n_genes=40, n_cell_types=1, n_single=4, n_pairs=2, seed=0
+    )
+    del adata.uns["simulation"]  # keeps the files small
+    pairs = sorted(set(adata.obs["perturbation"].astype(str)) - {"ctrl"})
+    pair = [p for p in pairs if "+" in p][HELD_OUT]
+    held = (adata.obs["perturbation"] == pair).to_numpy()
+    adata.write_h5ad(folder / "screen.h5ad")
+    adata[~held].copy().write_h5ad(folder / "train.h5ad")
+    return {"dir": folder, "pair": pair, "singles": pair.split("+")}
+
+
+@pytest.fixture(scope="module")
+def model_dir(screen) -> Path:
+    out = screen["dir"] / "model"
+    proc = run_cli(
+        "train",
+        screen["dir"] / "train.h5ad",
+        "--perturbation-key",
+        "perturbation",
+        "--control",
+        "ctrl",
+        "--normalize",
+        "--max-epochs",
+        "2",
+        "--seed",
+        "1",
+        "--no-progress",
+        "-o",
+        out,
+    )
+    check_ok(proc)
+    assert "Saved the model" in proc.stdout
+    return out
+
+
+# ---------------------------------------------------------------- end to end (subprocess)
+def test_train_predict_evaluate(screen, model_dir):
+    folder, pair = screen["dir"], screen["pair"]
+    assert (model_dir / "model.pt").is_file()
+
+    pred_path = folder / "pred.h5ad"
+    proc = run_cli(
+        "predict",
+        model_dir,
+        folder / "screen.h5ad",  # the whole screen: its control cells are picked
+        "-p",
+        pair,
+        "-p",
+        screen["singles"][0],
+        "--normalize",
+        "--n-steps",
+        "5",
+        "--seed",
+        "2",
+        "--no-progress",
+        "-o",
+        pred_path,
+    )
+    check_ok(proc)
+    pred = ad.read_h5ad(pred_path)
+    screen_obs = ad.read_h5ad(folder / "screen.h5ad").obs
+    n_ctrl = int((screen_obs["perturbation"] == "ctrl").sum())
+    assert pred.n_obs == 2 * n_ctrl
+    assert set(pred.obs["perturbation"].astype(str)) == {pair, screen["singles"][0]}
+    assert pred.uns["scdoloris"]["seed"] == 2
+    assert np.isfinite(pred.X).all()
+
+    metrics_path = folder / "metrics.csv"
+    proc = run_cli("evaluate", pred_path, folder / "screen.h5ad", "--normalize", "-o", metrics_path)
+    check_ok(proc)
+    table = pd.read_csv(metrics_path)
+    assert {"condition", "gene_set", "metric", "value"} <= set(table.columns)
+    assert set(table["condition"]) == {pair, screen["singles"][0]}
+    assert {"e_distance", "emd", "rmse"} <= set(table["metric"])
+    assert "E-distance" in proc.stdout and pair in proc.stdout
+
+
+def test_bad_path_is_one_error_line_without_traceback(tmp_path):
+    proc = run_cli("train", tmp_path / "missing.h5ad", "-o", tmp_path / "model")
+    assert proc.returncode != 0
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and "missing.h5ad" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+# ---------------------------------------------------------------- in-process checks
+def invoke(*args: str | Path):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_unknown_perturbation_is_named(screen, model_dir, tmp_path):
+    result = invoke(
+        "predict",
+        model_dir,
+        screen["dir"] / "screen.h5ad",
+        "-p",
+        f"{screen['singles'][0]}+NOTAGENE",
+        "--normalize",
+        "-o",
+        tmp_path / "pred.h5ad",
+    )
+    assert result.exit_code == 1, result.output
+    lines = error_lines(result.output)
+    assert len(lines) == 1 and "NOTAGENE" in lines[0], result.output
+    assert not (tmp_path / "pred.h5ad").exists()
+
+
+def test_raw_counts_without_normalize_suggest_the_flag(screen, model_dir, tmp_path):
+    result = invoke(
+        "predict", model_dir, screen["dir"] / "screen.h5ad", "-p", screen["pair"], "-o",
+        tmp_path / "pred.h5ad",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "raw counts" in result.output and "--normalize" in result.output
+
+
+def test_missing_column_is_named(screen, tmp_path):
+    result = invoke(
+        "train", screen["dir"] / "train.h5ad", "-k", "guide", "--normalize", "-o", tmp_path / "m"
+    )
+    assert result.exit_code == 1
+    lines = error_lines(result.output)
+    assert len(lines) == 1 and "'guide'" in lines[0], result.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_existing_model_dir_is_refused_before_training(screen, model_dir):
+    result = invoke("train", screen["dir"] / "train.h5ad", "--normalize", "-o", model_dir)
+    assert result.exit_code == 1
+    assert "--overwrite" in result.output
+
+
+def test_missing_option_is_a_usage_error():
+    result = invoke("predict", "model", "controls.h5ad")
+    assert result.exit_code == 2
+
+
+@pytest.mark.parametrize("command", ["train", "predict", "evaluate", "demo"])
+def test_help_has_examples(command):
+    result = invoke(command, "--help")
+    assert result.exit_code == 0
+    assert "Examples" in result.output and f"scdoloris {command}" in result.output
+
+
+def test_demo_fast_writes_its_files(tmp_path):
+    result = invoke("demo", "--fast", "--no-progress", "-o", tmp_path / "demo")
+    assert result.exit_code == 0, result.output
+    for name in ("pred.h5ad", "metrics.csv", "umap.png"):
+        assert (tmp_path / "demo" / name).stat().st_size > 0, name
+    metrics = pd.read_csv(tmp_path / "demo" / "metrics.csv")
+    assert set(metrics["method"]) == {"Doloris", "Additive", "NoChange"}
+    for method in ("Doloris", "Additive", "NoChange"):
+        assert method in result.output
