@@ -4,8 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.docs-installed
 
-.PHONY: venv test lint demo bench bench-tiny clean
+.PHONY: venv test lint demo bench bench-tiny docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +33,14 @@ bench: $(STAMP)
 # seconds-long smoke run of the benchmark (CI's configuration), written to a temporary directory
 bench-tiny: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) benchmarks/run.py --tiny
+
+# HTML documentation in docs/_build/html; warnings are errors. Installs the docs extra once.
+$(DOCS_STAMP): $(STAMP) pyproject.toml constraints.txt
+	$(PIP) install -q -c constraints.txt -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist

@@ -56,6 +56,7 @@ DOLORIS_MODELS = {
     "default": {},
     "no_mask": {"use_mask": False},
     "no_mu_sigma": {"use_control_state": False},
+    "no_prior": {"prior": "none"},
 }
 DOLORIS_VARIANTS = {
     "Doloris": ("default", {}),
@@ -63,6 +64,8 @@ DOLORIS_VARIANTS = {
     "Doloris no latent": ("default", {"start": "noise"}),
     "Doloris no mu/sigma": ("no_mu_sigma", {}),
     "Doloris bernoulli mask": ("default", {"mask": "bernoulli"}),
+    "Doloris coherent mask": ("default", {"mask": "coherent"}),
+    "Doloris no prior": ("no_prior", {}),
 }
 BASELINES = ("NoChange", "MeanShift", "Additive", "LinearBaseline")
 FLOOR = "Split-half floor"
@@ -73,6 +76,8 @@ METHOD_SLUGS = {
     "no_latent": "Doloris no latent",
     "no_mu_sigma": "Doloris no mu/sigma",
     "bernoulli": "Doloris bernoulli mask",
+    "coherent": "Doloris coherent mask",
+    "no_prior": "Doloris no prior",
     "nochange": "NoChange",
     "meanshift": "MeanShift",
     "additive": "Additive",
@@ -627,7 +632,7 @@ def run_info(config: Config) -> dict:
     commit = _git("rev-parse", "--short", "HEAD") or "unknown"
     if _git("status", "--porcelain"):
         commit += "+dirty"
-    epochs = config.max_epochs or "default (about 4000 steps)"
+    epochs = config.max_epochs or "default (about 2000 steps)"
     tiny = "; TINY smoke configuration" if config.tiny else ""
     return {
         "command": config.command,

@@ -74,8 +74,11 @@ class PerturbationTokenField(ObsmField):
         self.delimiter = delimiter
 
     def _write(self, adata: AnnData, vocabulary: list[str], width: int = 0) -> list[str]:
+        column = adata.obs[self.perturbation_key]
+        if column.notna().all():  # numbers as labels (e.g. guide ids) are read as strings
+            column = column.astype(str)
         tokens = tokenize_column(
-            adata.obs[self.perturbation_key],
+            column,
             self.control_group,
             self.delimiter,
             self.perturbation_key,

@@ -241,7 +241,7 @@ def train(
     ] = None,
     max_epochs: Annotated[
         int | None,
-        typer.Option(min=1, help="Training epochs (default: about 4000 optimisation steps)."),
+        typer.Option(min=1, help="Training epochs (default: about 2000 optimisation steps)."),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Cells per step.")] = 128,
     preset: Annotated[

@@ -40,7 +40,7 @@ class DemoConfig:
     n_held_out
         Gene pairs held out of training and predicted.
     max_epochs
-        Training epochs; ``None``: the model's default (about 4000 optimisation steps).
+        Training epochs; ``None``: the model's default (about 2000 optimisation steps).
     n_steps
         DDIM steps of prediction.
     model_kwargs

@@ -436,7 +436,7 @@ def evaluate(
     groupby
         Column of ``real.obs`` (and of ``pred.obs`` unless ``pred_groupby``) naming the
         condition. With ``"perturbation"`` the values are compared after
-        :func:`~scdoloris._perturbation.normalize_perturbation`, so ``"B+A"`` matches ``"A+B"``.
+        :func:`~scdoloris.normalize_perturbation`, so ``"B+A"`` matches ``"A+B"``.
     layer
         Layer of ``real`` and ``control`` to read (``None``: ``X``).
     pred_groupby

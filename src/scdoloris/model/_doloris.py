@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -27,7 +29,7 @@ from .._anndata_utils import (
     get_matrix,
     prediction_anndata,
 )
-from .._constants import PAD, REGISTRY_KEYS
+from .._constants import DEFAULT_CELL_TYPE, PAD, REGISTRY_KEYS
 from .._fields import PerturbationTokenField, tokenize_column
 from .._perturbation import format_tokens
 from ..module import DolorisModule
@@ -154,7 +156,8 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
             ),
         ).to_dict()
         self.vocabulary_ = vocabulary
-        self.cell_types_ = [str(c) for c in cell_types]
+        no_key = self.registry_[_SETUP_ARGS_KEY].get("cell_type_key") is None
+        self.cell_types_ = [DEFAULT_CELL_TYPE] if no_key else [str(c) for c in cell_types]
         self.node_names_ = stats.node_names
         self.module_kwargs_ = {
             "n_genes": self.adata.n_vars,
@@ -336,19 +339,34 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
             trainer_kwargs.pop("check_val_every_n_epoch")
         self._fill_control_bank()
         self.module.train()
-        out = super().train(
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            train_size=train_size,
-            validation_size=validation_size,
-            accelerator=accelerator,
-            devices=devices,
-            early_stopping=early_stopping,
-            plan_kwargs=plan,
-            **trainer_kwargs,
-        )
-        self.module.eval()
-        return out
+        try:
+            return super().train(
+                max_epochs=max_epochs,
+                batch_size=batch_size,
+                train_size=train_size,
+                validation_size=validation_size,
+                accelerator=accelerator,
+                devices=devices,
+                early_stopping=early_stopping,
+                plan_kwargs=plan,
+                **trainer_kwargs,
+            )
+        except SystemExit as err:
+            # Lightning turns Ctrl+C into sys.exit(1) after a graceful shutdown; keep the
+            # epochs done so far (scvi-tools already saved the history) instead of exiting
+            if not isinstance(err.__context__, KeyboardInterrupt):
+                raise
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self.is_trained_ = True
+            n_done = len(self.history["train_loss"]) if self.history else 0
+            warnings.warn(
+                f"Training interrupted after {n_done} epoch(s); the model keeps them.",
+                UserWarning,
+                stacklevel=2,
+            )
+            return None
+        finally:
+            self.module.eval()
 
     def _fill_control_bank(self, max_cells: int = 20000) -> None:
         """Give the module the registered control cells (at most ``max_cells``, drawn at random)."""

@@ -27,8 +27,6 @@ class DolorisTrainingPlan(TrainingPlan):
         AdamW settings of the mask network (the authors: 1e-2 and 1e-2).
     stage
         Which networks to train.
-    grad_clip
-        Maximum gradient norm (0 disables clipping).
     **kwargs
         Passed to :class:`scvi.train.TrainingPlan`.
     """

@@ -1,0 +1,215 @@
+"""Messy inputs users really pass: each gets a clear error or a documented handling."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scvi
+from scipy import sparse
+
+from scdoloris import DolorisModel
+
+SMALL = {"n_hidden": 32, "n_layers": 1, "n_cond": 16, "n_mask_hidden": 16, "n_graph_hidden": 8}
+
+
+def toy(n_per: int = 20, n_genes: int = 15, seed: int = 0, labels=None) -> ad.AnnData:
+    """Log-normalised toy screen: controls, two genes and their pair, two cell types."""
+    rng = np.random.default_rng(seed)
+    labels = labels or ["ctrl", "g1", "g2", "g1+g2"]
+    obs_labels = [lab for lab in labels for _ in range(n_per)]
+    counts = rng.poisson(1.5, size=(len(obs_labels), n_genes)).astype(np.float32)
+    X = np.log1p(counts / counts.sum(1, keepdims=True).clip(1) * 1e4).astype(np.float32)
+    obs = pd.DataFrame(
+        {"perturbation": obs_labels, "cell_type": ["a", "b"] * (len(obs_labels) // 2)},
+        index=[f"cell{i}" for i in range(len(obs_labels))],
+    )
+    var = pd.DataFrame(index=[f"g{i}" for i in range(n_genes)])
+    return ad.AnnData(X=X, obs=obs, var=var)
+
+
+def trained(adata: ad.AnnData, **setup) -> DolorisModel:
+    scvi.settings.seed = 0
+    DolorisModel.setup_anndata(adata, perturbation_key="perturbation", **setup)
+    model = DolorisModel(adata, **SMALL)
+    model.train(max_epochs=2, enable_progress_bar=False)
+    return model
+
+
+def unchanged(adata: ad.AnnData):
+    X = adata.X.toarray() if sparse.issparse(adata.X) else np.array(adata.X)
+    return X, adata.obs.copy(), adata.var.copy()
+
+
+@pytest.mark.parametrize("kind", ["dense32", "dense64", "csr", "csc"])
+def test_dense_sparse_and_float64_inputs_train_and_predict(kind):
+    adata = toy()
+    if kind == "dense64":
+        adata.X = adata.X.astype(np.float64)
+    elif kind in ("csr", "csc"):
+        adata.X = getattr(sparse, f"{kind}_matrix")(adata.X)
+    model = trained(adata)
+    ctrl = adata[adata.obs["perturbation"] == "ctrl"].copy()
+    before = unchanged(ctrl)
+    pred = model.predict(ctrl, "g1+g2", n_steps=3, progress_bar=False)
+    assert pred.shape == (ctrl.n_obs, adata.n_vars) and pred.X.dtype == np.float32
+    np.testing.assert_array_equal(unchanged(ctrl)[0], before[0])
+    pd.testing.assert_frame_equal(ctrl.obs, before[1])
+
+
+def test_integer_dtype_raw_counts_are_refused_with_the_fix():
+    adata = toy()
+    adata.X = np.rint(np.expm1(adata.X)).astype(np.int64)
+    with pytest.raises(ValueError, match=r"raw counts.*sc.pp.normalize_total"):
+        DolorisModel.setup_anndata(adata, perturbation_key="perturbation")
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_non_finite_values_are_refused(bad):
+    adata = toy()
+    adata.X[2, 3] = bad
+    with pytest.raises(ValueError, match="non-finite"):
+        DolorisModel.setup_anndata(adata, perturbation_key="perturbation")
+
+
+def test_numbers_as_perturbation_labels_are_read_as_strings():
+    adata = toy(labels=["0", "11", "12"])
+    adata.obs["perturbation"] = adata.obs["perturbation"].astype(int)
+    DolorisModel.setup_anndata(adata, perturbation_key="perturbation", control_group="0")
+    assert DolorisModel(adata, **SMALL).vocabulary_ == ["11", "12"]
+
+
+@pytest.mark.parametrize("spelling", ["Ctrl", "control", "non-targeting"])
+def test_control_group_spelled_differently_suggests_the_right_one(spelling):
+    adata = toy()
+    with pytest.raises(ValueError, match="control_group='ctrl'"):
+        DolorisModel.setup_anndata(adata, perturbation_key="perturbation", control_group=spelling)
+
+
+def test_duplicate_var_names_are_refused():
+    adata = toy()
+    adata.var_names = ["g0"] * 2 + list(adata.var_names[2:])
+    with pytest.raises(ValueError, match="var_names_make_unique"):
+        DolorisModel.setup_anndata(adata, perturbation_key="perturbation")
+
+
+@pytest.mark.parametrize("label", ["g1+", "+g1", "g1++g2"])
+def test_malformed_labels_in_training_data_are_refused(label):
+    adata = toy()
+    adata.obs["perturbation"] = adata.obs["perturbation"].astype(object)
+    adata.obs.iloc[25, 0] = label
+    with pytest.raises(ValueError, match="empty part"):
+        DolorisModel.setup_anndata(adata, perturbation_key="perturbation")
+
+
+def test_spaces_and_repeats_in_training_labels_mean_the_same_condition():
+    adata = toy()
+    adata.obs["perturbation"] = adata.obs["perturbation"].astype(object)
+    adata.obs.iloc[60, 0] = " g2 + g1 "
+    adata.obs.iloc[21, 0] = "g1+g1"
+    DolorisModel.setup_anndata(adata, perturbation_key="perturbation")
+    assert DolorisModel(adata, **SMALL).vocabulary_ == ["g1", "g2"]
+
+
+def test_zero_cells_and_a_single_cell():
+    adata = toy()
+    with pytest.raises(ValueError, match="no cells"):
+        DolorisModel.setup_anndata(adata[:0].copy(), perturbation_key="perturbation")
+    model = trained(adata)
+    one = adata[:1].copy()
+    pred = model.predict(one, "g1", n_steps=3, progress_bar=False)
+    assert pred.n_obs == 1
+
+
+def test_backed_anndata_predicts_like_in_memory(tmp_path):
+    adata = toy()
+    model = trained(adata)
+    ctrl = adata[adata.obs["perturbation"] == "ctrl"].copy()
+    ctrl.X = sparse.csr_matrix(ctrl.X)
+    ctrl.write_h5ad(tmp_path / "ctrl.h5ad")
+    backed = ad.read_h5ad(tmp_path / "ctrl.h5ad", backed="r")
+    a = model.predict(ctrl, "g1", n_steps=3, seed=2, progress_bar=False)
+    b = model.predict(backed, "g1", n_steps=3, seed=2, progress_bar=False)
+    np.testing.assert_allclose(a.X, b.X, rtol=1e-6, atol=1e-6)
+
+
+def test_unknown_gene_and_cell_type_are_named():
+    model = trained(toy(), cell_type_key="cell_type")
+    ctrl = toy()[:10].copy()
+    with pytest.raises(ValueError, match="'XYZ1'"):
+        model.predict(ctrl, "XYZ1+g1", progress_bar=False)
+    # an unseen but measured gene is embedded through the gene graph
+    assert model.predict(ctrl, "g9", cell_type="a", n_steps=2, progress_bar=False).n_obs == 10
+    ctrl.obs["cell_type"] = "z"
+    with pytest.raises(ValueError, match=r"not trained on: \['z'\]"):
+        model.predict(ctrl, "g1", progress_bar=False)
+
+
+def test_a_model_trained_on_another_gene_set_names_the_missing_genes():
+    model = trained(toy())
+    other = toy()
+    other.var_names = [f"h{i}" for i in range(other.n_vars)]
+    with pytest.raises(ValueError, match="lacks 15 of the model's 15 genes"):
+        model.predict(other, "g1", progress_bar=False)
+
+
+def test_keyboard_interrupt_keeps_a_usable_model():
+    from lightning.pytorch.callbacks import Callback
+
+    class Interrupt(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                raise KeyboardInterrupt
+
+    adata = toy()
+    DolorisModel.setup_anndata(adata, perturbation_key="perturbation")
+    model = DolorisModel(adata, **SMALL)
+    with pytest.warns(UserWarning, match="interrupted after"):
+        model.train(max_epochs=50, enable_progress_bar=False, callbacks=[Interrupt()])
+    assert 1 <= len(model.history["train_loss"]) <= 2  # the epochs done so far are kept
+    assert model.is_trained
+    ctrl = adata[adata.obs["perturbation"] == "ctrl"]
+    assert model.predict(ctrl, "g1", n_steps=3, progress_bar=False).n_obs == ctrl.n_obs
+
+
+def test_load_in_a_fresh_process_gives_identical_predictions(tmp_path):
+    adata = toy()
+    model = trained(adata)
+    model.save(tmp_path / "m")
+    ctrl = adata[adata.obs["perturbation"] == "ctrl"].copy()
+    ctrl.write_h5ad(tmp_path / "ctrl.h5ad")
+    here = model.predict(ctrl, "g1+g2", n_steps=4, seed=11, progress_bar=False)
+    code = (
+        "import anndata as ad, numpy as np, scdoloris;"
+        f"m = scdoloris.DolorisModel.load({str(tmp_path / 'm')!r});"
+        f"c = ad.read_h5ad({str(tmp_path / 'ctrl.h5ad')!r});"
+        "p = m.predict(c, 'g1+g2', n_steps=4, seed=11, progress_bar=False);"
+        f"np.save({str(tmp_path / 'p.npy')!r}, p.X)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), here.X)
+    assert here.uns["scdoloris"]["version"]
+
+
+def test_graph_mask_network_and_coherent_masks_on_toy_data():
+    adata = toy()
+    DolorisModel.setup_anndata(adata, perturbation_key="perturbation")
+    model = DolorisModel(adata, mask_network="graph", **SMALL)
+    model.train(max_epochs=2, enable_progress_bar=False, stage="all")
+    model.train(max_epochs=1, enable_progress_bar=False, stage="mask")
+    assert "mask_loss_train" in model.history
+    ctrl = adata[adata.obs["perturbation"] == "ctrl"]
+    pred = model.predict(ctrl, ["g1", "g1+g2"], mask="coherent", n_steps=3, progress_bar=False)
+    matched = pred.uns["scdoloris"]["mask_matched_conditions"]
+    assert set(matched) == {"g1", "g1+g2"}
+
+
+def test_setup_with_a_single_cell_is_refused_or_handled():
+    adata = toy()[:1].copy()  # one control cell, nothing perturbed
+    DolorisModel.setup_anndata(adata, perturbation_key="perturbation")
+    model = DolorisModel(adata, **SMALL)
+    assert model.vocabulary_ == []
