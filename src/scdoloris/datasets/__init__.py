@@ -1,5 +1,7 @@
-"""Data sets: a simulator of perturbation screens with a known ground truth."""
+"""Data sets: a simulator of perturbation screens with a known ground truth, and loaders of the
+paper's public data (downloaded through pertpy) harmonised to one ``obs`` schema."""
 
+from ._loaders import adamson_2016, norman_2019, srivatsan_2020_sciplex3
 from ._simulate import simulate
 
-__all__ = ["simulate"]
+__all__ = ["simulate", "norman_2019", "adamson_2016", "srivatsan_2020_sciplex3"]
