@@ -752,6 +752,9 @@ def bar_figure(results: pd.DataFrame, path: Path) -> None:
     fig = Figure(figsize=(max(6.0, 1.6 * len(conditions)) + 2.5, 4.5))
     ax = fig.add_subplot()
     x = np.arange(len(conditions))
+    from matplotlib import colormaps
+
+    colours = colormaps["tab20"].colors  # more methods than tab10's ten colours
     for i, method in enumerate(methods):
         sub = stats.xs(method, level="method").reindex(conditions)
         ax.bar(
@@ -760,6 +763,7 @@ def bar_figure(results: pd.DataFrame, path: Path) -> None:
             width,
             yerr=sub["std"].fillna(0),
             label=method,
+            color=colours[i % len(colours)],
         )
     ax.set_xticks(x, conditions, rotation=20, ha="right")
     ax.set_ylabel("E-distance (all genes, lower is better)")
@@ -897,7 +901,8 @@ def main(argv: list[str] | None = None) -> int:
         umap_figure(figure, umap)
         section = protocol_section(name, results, record, results_dir)
         print(f"\n{section}\n\n[{name}] {record['seconds']:.1f} s\n")
-    (config.out / "RESULTS.md").write_text(build_report(info, results_dir))
+        # after every protocol, so that an interrupted run keeps what it finished
+        (config.out / "RESULTS.md").write_text(build_report(info, results_dir))
     total = time.perf_counter() - start
     print(f"Wrote {config.out / 'RESULTS.md'} and {results_dir}/ in {total:.1f} s")
     return 0

@@ -25,6 +25,8 @@ TINY_METHODS = {
     "Doloris no latent",
     "Doloris no mu/sigma",
     "Doloris bernoulli mask",
+    "Doloris coherent mask",
+    "Doloris no prior",
     "NoChange",
     "MeanShift",
     "Additive",
