@@ -137,6 +137,14 @@ def test_backed_anndata_predicts_like_in_memory(tmp_path):
     np.testing.assert_allclose(a.X, b.X, rtol=1e-6, atol=1e-6)
 
 
+def test_backed_anndata_for_training_is_refused_with_the_fix(tmp_path):
+    adata = toy()
+    adata.write_h5ad(tmp_path / "t.h5ad")
+    backed = ad.read_h5ad(tmp_path / "t.h5ad", backed="r")
+    with pytest.raises(ValueError, match="to_memory"):
+        DolorisModel.setup_anndata(backed, perturbation_key="perturbation")
+
+
 def test_unknown_gene_and_cell_type_are_named():
     model = trained(toy(), cell_type_key="cell_type")
     ctrl = toy()[:10].copy()

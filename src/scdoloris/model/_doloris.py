@@ -903,6 +903,11 @@ def _validate_setup(
         raise TypeError(f"Expected an AnnData, got {type(adata).__name__}.")
     if adata.n_obs == 0:
         raise ValueError("The AnnData has no cells (n_obs == 0).")
+    if adata.isbacked:
+        raise ValueError(
+            "Training from a backed AnnData (read_h5ad(..., backed='r')) is not supported yet: "
+            "load it with `adata = adata.to_memory()` first. Prediction accepts backed input."
+        )
     if not adata.var_names.is_unique:
         dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
         raise ValueError(
