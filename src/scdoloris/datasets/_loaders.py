@@ -240,19 +240,45 @@ def _harmonise_norman(adata: ad.AnnData, *, copy: bool = True) -> ad.AnnData:
         split=lambda label: _NORMAN_DELIMITERS.split(label),
         is_control=_control_test(_NORMAN_CONTROLS, _NORMAN_CONTROL_PATTERN),
     )
-    cell_col = _find_column(obs, ("cell_line",), "norman_2019", "the cell line", required=False)
+    return _finish_genetic(
+        adata,
+        copy,
+        keep,
+        "norman_2019",
+        "pertpy.data.norman_2019",
+        labels,
+        pert_col,
+        info,
+        _NORMAN_CELL_LINE,
+    )
+
+
+def _finish_genetic(
+    adata: ad.AnnData,
+    copy: bool,
+    keep: np.ndarray,
+    name: str,
+    source: str,
+    labels,
+    pert_col: str,
+    info: dict,
+    default_cell_line: str,
+) -> ad.AnnData:
+    """The schema of a genetic screen: no dose, no SMILES, the cell line as cell type."""
+    obs = adata.obs
+    cell_col = _find_column(obs, ("cell_line",), name, "the cell line", required=False)
     return _finish(
         adata,
         copy=copy,
         keep=keep,
-        name="norman_2019",
-        source="pertpy.data.norman_2019",
+        name=name,
+        source=source,
         perturbation=labels,
-        cell_type=_string_column(obs, cell_col, _NORMAN_CELL_LINE),
+        cell_type=_string_column(obs, cell_col, default_cell_line),
         dose=np.zeros(adata.n_obs),
         smiles=np.full(adata.n_obs, "", dtype=object),
         columns={"perturbation": pert_col, "cell_type": cell_col or "", "dose": "", "smiles": ""},
-        extra={**info, "dose_unit": "", "cell_type_default": _NORMAN_CELL_LINE},
+        extra={**info, "dose_unit": "", "cell_type_default": default_cell_line},
     )
 
 
@@ -269,19 +295,16 @@ def _harmonise_adamson(adata: ad.AnnData, *, copy: bool = True) -> ad.AnnData:
         is_control=_control_test(_ADAMSON_CONTROLS, re.compile(r"\(mod\)$", re.IGNORECASE)),
         unassigned=_ADAMSON_UNASSIGNED,
     )
-    cell_col = _find_column(obs, ("cell_line",), "adamson_2016", "the cell line", required=False)
-    return _finish(
+    return _finish_genetic(
         adata,
-        copy=copy,
-        keep=keep,
-        name="adamson_2016",
-        source="pertpy.data.adamson_2016_upr_perturb_seq",
-        perturbation=labels,
-        cell_type=_string_column(obs, cell_col, _ADAMSON_CELL_LINE),
-        dose=np.zeros(adata.n_obs),
-        smiles=np.full(adata.n_obs, "", dtype=object),
-        columns={"perturbation": pert_col, "cell_type": cell_col or "", "dose": "", "smiles": ""},
-        extra={**info, "dose_unit": "", "cell_type_default": _ADAMSON_CELL_LINE},
+        copy,
+        keep,
+        "adamson_2016",
+        "pertpy.data.adamson_2016_upr_perturb_seq",
+        labels,
+        pert_col,
+        info,
+        _ADAMSON_CELL_LINE,
     )
 
 
