@@ -42,6 +42,10 @@ class ConditionEncoder(nn.Module):
         pert = self.perturbation(vocab_idx, node_idx, nodes)
         return self.cell_type(cell_type) + torch.where(is_control, self.control_token, pert)
 
+    def control(self, cell_type: torch.Tensor) -> torch.Tensor:
+        """The condition of control cells: no perturbation encoder (and no graph pass) needed."""
+        return self.cell_type(cell_type) + self.control_token
+
 
 class DolorisModule(BaseModuleClass):
     """Source, target and mask networks of Doloris sharing one Gaussian latent space.
@@ -399,7 +403,7 @@ class DolorisModule(BaseModuleClass):
         else:
             src_x0, src_ct = x0[is_control], cell_type[is_control]
         pad = self._control_tokens(src_x0.shape[0], x0.device)
-        src_cond = self._conditions(self.condition, src_ct, pad, pad)
+        src_cond = self.condition.control(src_ct)
         src_x0c = src_x0 - self.center(src_ct, pad)
         t_src = self.schedule.sample_timesteps(src_x0.shape[0], device=x0.device)
         x_t_src = self.schedule.noise(src_x0c, t_src, torch.randn_like(src_x0))
@@ -507,7 +511,7 @@ class DolorisModule(BaseModuleClass):
         """
         x0 = x / self.x_max
         pad = self._control_tokens(x.shape[0], x.device)
-        cond = self._conditions(self.condition, cell_type, pad, pad)
+        cond = self.condition.control(cell_type)
         alpha_bar = self.schedule.alpha_bar
         t_start = noise_level_timestep(alpha_bar, float(self.sigma_data))
         ts = ddim_timesteps(self.schedule.n_timesteps, n_steps, t_start, self._t_end(depth))
