@@ -66,6 +66,7 @@ DOLORIS_VARIANTS = {
     "Doloris bernoulli mask": ("default", {"mask": "bernoulli"}),
     "Doloris coherent mask": ("default", {"mask": "coherent"}),
     "Doloris no prior": ("no_prior", {}),
+    "Doloris no residual": ("default", {"residual": "none"}),
 }
 BASELINES = ("NoChange", "MeanShift", "Additive", "LinearBaseline")
 FLOOR = "Split-half floor"
@@ -78,6 +79,7 @@ METHOD_SLUGS = {
     "bernoulli": "Doloris bernoulli mask",
     "coherent": "Doloris coherent mask",
     "no_prior": "Doloris no prior",
+    "no_residual": "Doloris no residual",
     "nochange": "NoChange",
     "meanshift": "MeanShift",
     "additive": "Additive",
@@ -118,6 +120,11 @@ class Config:
     model_kwargs: dict = field(default_factory=dict)
     threads: int = 1
     command: str = ""
+    ablation_seeds: list[int] | None = None
+
+    def retrains(self, seed: int) -> bool:
+        """Whether the ablation models (their own training) run at this seed."""
+        return self.ablation_seeds is None or seed in self.ablation_seeds
 
 
 @dataclass
@@ -249,6 +256,8 @@ def run_doloris(split: Split, config: Config, seed: int) -> dict[str, Prediction
     """
     out = {}
     variants = {m: v for m, v in DOLORIS_VARIANTS.items() if m in config.methods}
+    if not config.retrains(seed):  # only the variants of the default model at this seed
+        variants = {m: v for m, v in variants.items() if v[0] == "default"}
     for model_name in dict.fromkeys(v[0] for v in variants.values()):
         model, train_s = train_doloris(split, config, DOLORIS_MODELS[model_name], seed)
         for method, (used, options) in variants.items():
@@ -643,7 +652,8 @@ def run_info(config: Config) -> dict:
             f"torch {torch.__version__} with {torch.get_num_threads()} thread(s)"
         ),
         "settings": (
-            f"seeds {config.seeds}; max_epochs {epochs}; "
+            f"seeds {config.seeds} (ablations with their own model: "
+            f"{config.ablation_seeds or 'all'}); max_epochs {epochs}; "
             f"model {config.model_kwargs or 'defaults'}{tiny}"
         ),
     }
@@ -837,7 +847,16 @@ def parse_args(argv: list[str] | None = None) -> Config:
         help="output directory for RESULTS.md and results/ (default: benchmarks/; tiny: a "
         "new temporary directory)",
     )
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument(
+        "--ablation-seeds",
+        default=None,
+        help="comma-separated seeds at which the ablations with their own model (no mask, "
+        "no mu/sigma, no prior) are trained; default: the first seed only ('all' for every "
+        "seed). Variants of the default model (no latent, bernoulli, coherent) run at every seed",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default 2; tiny: 1)"
+    )
     args = parser.parse_args(argv)
     names = [p.strip() for p in args.protocols.split(",") if p.strip()]
     unknown = sorted(set(names) - set(protocols.PROTOCOLS))
@@ -847,20 +866,27 @@ def parse_args(argv: list[str] | None = None) -> Config:
     bad = sorted(set(s.strip() for s in slugs) - set(METHOD_SLUGS))
     if bad:
         parser.error(f"unknown methods {bad}; choose from {list(METHOD_SLUGS)}")
-    seeds = args.seeds or ("0" if args.tiny else "0,1,2")
+    seeds = [int(s) for s in (args.seeds or ("0" if args.tiny else "0,1,2")).split(",")]
+    if args.ablation_seeds == "all":
+        ablation_seeds = None
+    elif args.ablation_seeds is None:
+        ablation_seeds = seeds[:1]
+    else:
+        ablation_seeds = [int(s) for s in args.ablation_seeds.split(",")]
     if args.out is None:
         out = Path(tempfile.mkdtemp(prefix="scdoloris-bench-tiny-")) if args.tiny else BENCH_DIR
     else:
         out = Path(args.out)
     return Config(
         protocols=names,
-        seeds=[int(s) for s in seeds.split(",")],
+        seeds=seeds,
+        ablation_seeds=ablation_seeds,
         methods=[METHOD_SLUGS[s.strip()] for s in slugs],
         out=out,
         tiny=args.tiny,
         max_epochs=args.max_epochs or (TINY_EPOCHS if args.tiny else None),
         model_kwargs=dict(TINY_MODEL) if args.tiny else {},
-        threads=args.threads,
+        threads=args.threads or (1 if args.tiny else 2),
         command=_command(argv),
     )
 

@@ -6,6 +6,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from scipy import sparse
 
 from scdoloris import DolorisModel
@@ -259,3 +260,22 @@ def test_coupled_masks_keep_each_cells_pattern(norman_model, norman):
     assert same > 0.9  # most genes keep the control cell's on/off state
     real = norman[norman.obs["perturbation"] == "KLF1"].X.toarray()
     assert abs((pred.X == 0).mean() - (real == 0).mean()) < 0.05
+
+
+def test_residual_prediction_of_control_returns_the_input(norman_model, norman):
+    ctrl = norman[norman.obs["perturbation"] == "control"][:40]
+    same = norman_model.predict(ctrl, "control", residual="full", progress_bar=False)
+    np.testing.assert_allclose(same.X, ctrl.X.toarray(), atol=1e-5)
+    moved = norman_model.predict(ctrl, "KLF1", progress_bar=False)
+    assert np.abs(moved.X - ctrl.X.toarray()).mean() > 1e-3
+    assert moved.uns["scdoloris"]["residual"] == "values"
+
+
+def test_residual_expression_moves_expressed_genes_only():
+    from scdoloris.module._residual import residual_expression
+
+    control = torch.tensor([[2.0, 0.0, 1.0]])
+    decoded = torch.tensor([[2.5, 0.4, 0.2]])
+    reference = torch.tensor([[2.0, 0.1, 0.3]])
+    out = residual_expression(control, decoded, reference)
+    torch.testing.assert_close(out, torch.tensor([[2.5, 0.4, 0.9]]))

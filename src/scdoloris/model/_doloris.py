@@ -34,6 +34,7 @@ from .._fields import PerturbationTokenField, tokenize_column
 from .._perturbation import format_tokens
 from ..module import DolorisModule
 from ..module._mask_sampler import CoherentMaskSampler, MaskBank, build_mask_bank
+from ..module._residual import residual_expression
 from ..train import DolorisTrainingPlan
 from ._presets import PRESETS
 from ._statistics import compositional_effects, compute_statistics
@@ -491,15 +492,22 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
             means.append({int(c): (sums[c] / counts[c]).numpy() for c in np.flatnonzero(counts)})
         return means
 
-    def _mask_plans(self, mask, X, codes, conditions, top_genes, thresholds, batch_size):
+    def _mask_plans(
+        self, mask, X, codes, conditions, top_genes, thresholds, batch_size, reference=None
+    ):
         """What the second pass needs to draw masks, per perturbation and cell type.
 
         ``"coherent"``: the matched condition's real masks and the genes forced on and off.
         ``"coupled"``: the probability of keeping an expressed gene and of switching on a silent
         one, so that each cell changes as little as possible while the group's detection rates
-        move from the input's to the predicted ones.
+        move from the input's to the predicted ones. With a ``reference`` condition (the control
+        tokens; ``predict(residual="full")``) the predicted rates are the input's plus the mask
+        network's change from the reference.
         """
-        means = self._mean_probabilities(X, codes, conditions, batch_size)
+        extra = [] if reference is None else [reference]
+        means = self._mean_probabilities(X, codes, [*conditions, *extra], batch_size)
+        if reference is not None:
+            means, ref = means[:-1], means[-1]
         if mask == "coherent":
             bank = MaskBank.from_dict(self.mask_bank_)
             sampler = CoherentMaskSampler(bank, top_genes, thresholds)
@@ -509,6 +517,8 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
             plan = {}
             for c, p in m.items():
                 q = (X[codes == c] != 0).mean(0)
+                if reference is not None:
+                    p = np.clip(q + p - ref[c], 0.0, 1.0)
                 keep = np.where(q > 0, np.minimum(1.0, p / np.maximum(q, 1e-12)), 0.0)
                 switch_on = np.where(
                     q < 1, np.maximum(0.0, (p - q) / np.maximum(1 - q, 1e-12)), 0.0
@@ -603,6 +613,7 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
         layer: str | None | Literal["setup"] = "setup",
         return_probabilities: bool = False,
         progress_bar: bool = True,
+        residual: Literal["values", "full", "none"] = "values",
     ) -> ad.AnnData:
         """Predict perturbed cells from control cells, one predicted cell per control cell.
 
@@ -654,6 +665,19 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
             ``layers["expression_probability"]``.
         progress_bar
             Show a progress bar.
+        residual
+            ``"values"`` (default): apply the model's predicted CHANGE of expressed values to
+            each input cell instead of returning the decoded values: a gene expressed in the
+            input cell gets its input value plus the difference between the decodings under the
+            perturbation and under the control token (both from the cell's own latent); genes
+            the mask switches on take the decoded value. A perturbation the model thinks does
+            nothing then returns the input cells. ``"full"``: also move the detection rates of
+            ``mask="coupled"`` from the input's by the mask network's predicted change (instead
+            of to its predicted rates). ``"none"``: the decoded cells (the paper). Measured on
+            validation splits carved from the benchmark's training data (seed 0, E-distance,
+            none / values / full): Norman pairs 0.493 / 0.497 / 0.582, Kang held-out CD4 T
+            cells 0.592 / 0.584 / 0.580, Papalexi unseen knockouts 0.424 / 0.365 / 0.352.
+            Costs one more decoding per batch.
 
         Returns
         -------
@@ -670,6 +694,8 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
         self._check_if_trained(warn=True)
         if mask not in MASK_MODES:
             raise ValueError(f"mask must be one of {MASK_MODES}, got {mask!r}.")
+        if residual not in ("values", "full", "none"):
+            raise ValueError(f"residual must be 'values', 'full' or 'none', got {residual!r}.")
         if start not in ("latent", "noise"):
             raise ValueError(f"start must be 'latent' or 'noise', got {start!r}.")
         if mask != "none" and not self.module.use_mask:
@@ -692,9 +718,17 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
         n = X.shape[0]
         conditions = [self._condition_tensors(v, nd, n) for v, nd in indices]
         plans = None
+        control_tokens = self._condition_tensors([], [], n)
         if mask in ("coherent", "coupled"):
             plans = self._mask_plans(
-                mask, X, codes, conditions, mask_top_genes, mask_thresholds, batch_size
+                mask,
+                X,
+                codes,
+                conditions,
+                mask_top_genes,
+                mask_thresholds,
+                batch_size,
+                control_tokens if residual == "full" and mask == "coupled" else None,
             )
         blocks: list[list[np.ndarray]] = [[] for _ in perturbations]
         prob_blocks: list[list[np.ndarray]] = [[] for _ in perturbations]
@@ -713,7 +747,12 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
                 v, nd = v_all[sl].to(device), nd_all[sl].to(device)
                 if start == "noise":
                     latent = torch.randn(x.shape, generator=generator).to(device)
-                x_hat = self.module.decode(latent, x, ct, v, nd, n_steps, depth).clamp_min(0.0)
+                x_hat = self.module.decode(latent, x, ct, v, nd, n_steps, depth)
+                if residual != "none":
+                    cv, cn = (t[sl].to(device) for t in control_tokens)
+                    x_ref = self.module.decode(latent, x, ct, cv, cn, n_steps, depth)
+                    x_hat = residual_expression(x / self.module.x_max, x_hat, x_ref)
+                x_hat = x_hat.clamp_min(0.0)
                 if mask == "bernoulli" or return_probabilities:
                     p = self.module.expression_probability(x, ct, v, nd)
                     if return_probabilities:
@@ -741,6 +780,7 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
                 "mask": mask,
                 "start": start,
                 "depth": depth,
+                "residual": residual,
                 **(
                     {"mask_matched_conditions": _matched_labels(plans, names)}
                     if mask == "coherent"

@@ -370,7 +370,10 @@ class DolorisModule(BaseModuleClass):
         cell_type = cell_type.view(-1).long()
         vocab_idx, node_idx = self.token_indices(tokens)
         is_control = (vocab_idx == PAD).all(-1)
-        nodes = self.condition.perturbation.node_embeddings()
+        # the gene-graph pass only when a token of the batch is a node of the graph (never for
+        # tokens without a gene, e.g. a stimulation)
+        graph = bool((node_idx != PAD).any())
+        nodes = self.condition.perturbation.node_embeddings() if graph else None
         cond = self.condition(cell_type, vocab_idx, node_idx, nodes)
         out = {
             "x0": x0,
@@ -381,7 +384,7 @@ class DolorisModule(BaseModuleClass):
             "node_idx": node_idx,
         }
         if self.use_mask:
-            mask_nodes = self.mask_condition.perturbation.node_embeddings()
+            mask_nodes = self.mask_condition.perturbation.node_embeddings() if graph else None
             out["mask_cond"] = self.mask_condition(cell_type, vocab_idx, node_idx, mask_nodes)
         return out
 
