@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.docs-installed
 
-.PHONY: venv test lint demo bench bench-tiny docs clean
+.PHONY: venv test lint demo bench bench-tiny docs tutorials clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(PY) -m scdoloris demo -o demo_output
 
 bench: $(STAMP)
-	$(PY) benchmarks/run.py
+	OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 $(PY) benchmarks/run.py
 
 # seconds-long smoke run of the benchmark (CI's configuration), written to a temporary directory
 bench-tiny: $(STAMP)
@@ -41,6 +41,13 @@ $(DOCS_STAMP): $(STAMP) pyproject.toml constraints.txt
 
 docs: $(DOCS_STAMP)
 	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+# Execute the tutorial notebooks in place, keeping their outputs (the docs show the stored
+# outputs and never execute them): one thread, at most 10 minutes per cell; needs ../shared/data.
+# Prints each notebook's wall time. One notebook: make tutorials NOTEBOOKS=tutorials/01_*.ipynb
+NOTEBOOKS ?=
+tutorials: $(DOCS_STAMP)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) tutorials/run.py --timeout 600 $(NOTEBOOKS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist

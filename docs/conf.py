@@ -60,7 +60,9 @@ default_role = "literal"
 # -- MyST and notebooks --------------------------------------------------------------------
 myst_enable_extensions = ["colon_fence", "deflist", "dollarmath", "amsmath", "substitution"]
 myst_heading_anchors = 3
-# notebooks are stored with their outputs: never execute them while building the docs
+# The tutorials are the notebooks of tutorials/ (executed with their outputs by `make
+# tutorials`); docs/tutorials/*.ipynb are symlinks to them. Notebooks are stored with their
+# outputs: never execute them while building the docs.
 nb_execution_mode = "off"
 nb_merge_streams = True
 
@@ -181,5 +183,18 @@ def _public_bases(app, name, obj, options, bases: list) -> None:
     bases[:] = out or [object]
 
 
+def _notebook_source_links(app, pagename, templatename, context, doctree) -> None:
+    """Point a tutorial's "view" and "edit" links at tutorials/*.ipynb, not at its docs symlink.
+
+    ``docs/tutorials/NAME.ipynb`` links to ``tutorials/NAME.ipynb``, so the page ``tutorials/NAME``
+    has the source ``tutorials/NAME.ipynb`` relative to the repository root.
+    """
+    if pagename.startswith("tutorials/") and context.get("page_source_suffix") == ".ipynb":
+        base = f"{repository_url}/{{kind}}/{html_theme_options['source_branch']}/{{{{filename}}}}"
+        context["theme_source_view_link"] = base.format(kind="blob")
+        context["theme_source_edit_link"] = base.format(kind="edit")
+
+
 def setup(app) -> None:
     app.connect("autodoc-process-bases", _public_bases)
+    app.connect("html-page-context", _notebook_source_links)

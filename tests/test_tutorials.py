@@ -1,0 +1,136 @@
+"""The tutorial notebooks: stored with clean outputs, in the docs, and on the benchmark's splits.
+
+The notebooks are executed by ``make tutorials`` (not by the tests: training takes minutes);
+these tests check what is stored in git, and, when the shared data are there, that each
+notebook's split cell reproduces the split of its benchmark protocol.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TUTORIALS = ROOT / "tutorials"
+DOCS = ROOT / "docs" / "tutorials"
+DATA_DIR = ROOT.parent / "shared" / "data"
+PROTOCOL_OF = {
+    "01_norman_gene_pairs": "norman",
+    "02_papalexi_unseen_knockouts": "papalexi",
+    "03_kang_heldout_cell_type": "kang",
+}
+MIN_FIGURES = 5
+MAX_BYTES = 1_500_000
+MAX_MINUTES = 6.0  # "under about 5 minutes on one CPU thread", with a margin for a busy machine
+
+
+def _read(name: str) -> dict:
+    return json.loads((TUTORIALS / f"{name}.ipynb").read_text(encoding="utf-8"))
+
+
+def _source(cell: dict) -> str:
+    source = cell["source"]
+    return source if isinstance(source, str) else "".join(source)
+
+
+def _code_cells(nb: dict) -> list[dict]:
+    return [c for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def _text(output: dict) -> str:
+    text = output.get("text", "")
+    return text if isinstance(text, str) else "".join(text)
+
+
+def test_the_three_tutorials_are_there():
+    assert sorted(p.stem for p in TUTORIALS.glob("*.ipynb")) == sorted(PROTOCOL_OF)
+
+
+@pytest.mark.parametrize("name", sorted(PROTOCOL_OF))
+def test_notebook_is_valid(name):
+    nbformat = pytest.importorskip("nbformat")
+    nbformat.validate(nbformat.read(TUTORIALS / f"{name}.ipynb", as_version=4))
+
+
+@pytest.mark.parametrize("name", sorted(PROTOCOL_OF))
+def test_outputs_are_stored_and_clean(name):
+    """Executed top to bottom in one kernel, no errors or stderr, figures, a modest size."""
+    nb = _read(name)
+    cells = _code_cells(nb)
+    counts = [c["execution_count"] for c in cells]
+    assert counts == list(range(1, len(cells) + 1)), (
+        f"{name}: code cells not executed in order in one run (execution counts {counts}); "
+        "run `make tutorials`"
+    )
+    outputs = [o for c in cells for o in c["outputs"]]
+    errors = [o for o in outputs if o["output_type"] == "error"]
+    assert not errors, f"{name}: stored error output {errors[0].get('ename')}"
+    stderr = [_text(o) for o in outputs if o["output_type"] == "stream" and o["name"] == "stderr"]
+    assert not stderr, f"{name}: stored stderr output (a warning?):\n{stderr[0][:500]}"
+    figures = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(figures) >= MIN_FIGURES, f"{name}: {len(figures)} figures stored"
+    size = (TUTORIALS / f"{name}.ipynb").stat().st_size
+    assert size < MAX_BYTES, f"{name}: {size:,} bytes; lower the figures' size or resolution"
+
+
+@pytest.mark.parametrize("name", sorted(PROTOCOL_OF))
+def test_one_thread_and_run_time(name):
+    cells = _code_cells(_read(name))
+    first = _source(cells[0])
+    assert "torch.set_num_threads(1)" in first and "OMP_NUM_THREADS" in first
+    printed = "".join(_text(o) for o in cells[-1]["outputs"] if o["output_type"] == "stream")
+    match = re.search(r"ran in ([\d.]+) min", printed)
+    assert match, f"{name}: the last cell should print the run time, got {printed!r}"
+    assert float(match.group(1)) <= MAX_MINUTES, f"{name} ran in {match.group(1)} min"
+
+
+@pytest.mark.parametrize("name", sorted(PROTOCOL_OF))
+def test_in_the_documentation(name):
+    """docs/tutorials links the notebook (a symlink into tutorials/) from its toctree."""
+    link = DOCS / f"{name}.ipynb"
+    assert link.is_symlink(), f"{link} should be a symlink to ../../tutorials/{name}.ipynb"
+    assert link.resolve() == (TUTORIALS / f"{name}.ipynb").resolve()
+    index = (DOCS / "index.md").read_text(encoding="utf-8")
+    toctree = index[index.index("{toctree}") :]
+    assert name in toctree
+
+
+def _protocols():
+    """Import benchmarks/protocols.py (benchmarks/ is a folder of scripts, not a package)."""
+    if "protocols" in sys.modules:
+        return sys.modules["protocols"]
+    spec = importlib.util.spec_from_file_location("protocols", ROOT / "benchmarks" / "protocols.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["protocols"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", sorted(PROTOCOL_OF))
+def test_split_is_the_benchmarks(name):
+    """The notebook's cell tagged "split" gives the cells of its benchmark protocol."""
+    protocols = _protocols()
+    protocol = PROTOCOL_OF[name]
+    file = {
+        "norman": protocols.NORMAN_FILE,
+        "papalexi": protocols.PAPALEXI_FILE,
+        "kang": protocols.KANG_FILE,
+    }[protocol]
+    if not (DATA_DIR / file).exists():
+        pytest.skip(f"{file} not found in {DATA_DIR} (the shared data folder is absent)")
+    split_cells = [c for c in _code_cells(_read(name)) if "split" in c["metadata"].get("tags", [])]
+    assert len(split_cells) == 1, f"{name}: expected one code cell tagged 'split'"
+    import pandas as pd
+
+    namespace = {"adata": protocols.read_log_normalised(file, DATA_DIR), "np": np, "pd": pd}
+    exec(compile(_source(split_cells[0]), f"{name}:split", "exec"), namespace)
+    expected = protocols.PROTOCOLS[protocol](DATA_DIR)
+    for part in ("train", "controls", "real"):
+        got = list(namespace[part].obs_names)
+        assert got == list(getattr(expected, part).obs_names), f"{name}: {part} differs"
