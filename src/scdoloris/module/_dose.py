@@ -26,7 +26,7 @@ def encode_dose(dose: torch.Tensor, reference: float, maximum: float) -> torch.T
 
 
 class DoseGate(nn.Module):
-    """The dose gate of METHOD.md: ``emb * sigmoid(MLP([emb, dose]))``.
+    """The paper's dose gate: ``emb * sigmoid(MLP([emb, dose]))``.
 
     Parameters
     ----------
@@ -49,7 +49,7 @@ class DoseGate(nn.Module):
         )
 
     def forward(self, emb: torch.Tensor, dose: torch.Tensor) -> torch.Tensor:
-        """Gate ``emb`` (``... x n_emb``) by ``dose`` (``...``, on the model's scale)."""
+        """Gate the embeddings by the doses (on the model's scale; one per embedding)."""
         return emb * torch.sigmoid(self.mlp(torch.cat([emb, dose.unsqueeze(-1)], -1)))
 
 
