@@ -537,9 +537,8 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         for tok in tokens:
             v, n = vocab.get(tok, PAD), nodes.get(tok, PAD)
             gene = n != PAD and bool(featured[n])
-            new = v == PAD and not gene  # a molecule new to the model, or an unknown token
-            m = PAD
-            if new or tok in molecules:
+            m = PAD  # a molecule of the table, or new to the model (never a gene)
+            if not gene and (v == PAD or tok in molecules):
                 m = self._molecule_row(tok, new_molecules, molecule_features)
             if v == PAD and m == PAD and not gene:
                 choices = list(self.vocabulary_) + list(self.adata_var_names)
@@ -593,7 +592,7 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             "mol_idx": None,
             "dose": None,
         }
-        if self.module.molecule_indices(cond["vocab_idx"][:1]) is not None:
+        if self.module.condition.perturbation.molecules is not None:
             cond["mol_idx"] = torch.tensor([mol_idx or [PAD]], dtype=torch.long).expand(n, -1)
             if dose is not None:
                 cond["dose"] = torch.full((n,), float(dose))
@@ -851,10 +850,8 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         self.module.eval()
         n = X.shape[0]
         conditions = [self._condition_tensors(i, d, n) for i, d in zip(indices, doses, strict=True)]
-        if new_molecules:
-            self.module.set_extra_molecules(
-                torch.from_numpy(np.stack(list(new_molecules.values())))
-            )
+        extra = np.stack(list(new_molecules.values())) if new_molecules else None
+        self.module.set_extra_molecules(None if extra is None else torch.from_numpy(extra))
         plans = None
         if mask in ("coherent", "coupled"):
             plans = self._mask_plans(
