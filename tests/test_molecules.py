@@ -227,6 +227,20 @@ def test_learned_molecules_cannot_reach_unseen_ones_and_say_so():
         model.predict(ctrl, "CCO", dose=-0.1, progress_bar=False)
 
 
+def test_a_molecule_at_dose_zero_in_training_is_a_control():
+    adata = _smiles_screen()
+    zero = adata.obs_names[(adata.obs["perturbation"] == "CCO").to_numpy()][:5]
+    adata.obs.loc[zero, "dose"] = 0.0
+    DolorisModel.setup_anndata(adata, perturbation_key="perturbation", dose_key="dose")
+    model = DolorisModel(adata, **TINY)
+    tokens = model._registered_tokens()
+    is_zero = adata.obs_names.isin(zero)
+    assert (tokens[is_zero] == -1).all() and (tokens[~is_zero & (adata.obs["dose"] > 0)] >= 0).any()
+    assert model.dose_range_ == (0.1, 1.0)
+    conditions = {c.split(" | ")[0] for c in model.mask_bank_["conditions"]}
+    assert {"CCO @ 0.1", "CCO @ 1", "ctrl"} <= conditions
+
+
 @pytest.mark.filterwarnings("ignore:.*trained:UserWarning")
 def test_a_model_without_doses_refuses_a_dose():
     adata = _smiles_screen()

@@ -33,7 +33,7 @@ def obs_location(mdata, rna_modality: str, key: str | None) -> tuple[str | None,
     >>> rna = ad.AnnData(obs=pd.DataFrame({"cell_type": ["a"]}, index=["c1"]))
     >>> gdo = ad.AnnData(obs=pd.DataFrame({"guide": ["g1"]}, index=["c1"]))
     >>> mdata = md.MuData({"rna": rna, "gdo": gdo})
-    >>> obs_location(mdata, "rna", "cell_type"), obs_location(mdata, "rna", "gdo:guide")
+    >>> obs_location(mdata, "rna", "cell_type"), obs_location(mdata, "rna", "guide")
     (('rna', 'cell_type'), ('gdo', 'guide'))
     """
     if key is None:
