@@ -10,6 +10,7 @@ import torch
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NORMAN = DATA_DIR / "norman2019_k562_subset.h5ad"
+KANG = DATA_DIR / "kang2018_pbmc_ifnb.h5ad"
 HELD_OUT_PAIRS = ["KLF1+MAP2K6", "KLF1+TGFBR2", "MAP2K3+MAP2K6", "MAP2K3+SLC38A2", "MAPK1+TGFBR2"]
 
 torch.set_num_threads(1)
@@ -32,6 +33,12 @@ def read_log_normalised(path: Path):
 def norman():
     """The Norman subset, log-normalised (3,375 cells x 500 genes)."""
     return read_log_normalised(NORMAN)
+
+
+@pytest.fixture(scope="session")
+def kang():
+    """Kang et al. 2018 PBMCs with and without interferon-beta, log-normalised (1,556 cells)."""
+    return read_log_normalised(KANG)
 
 
 @pytest.fixture(scope="session")

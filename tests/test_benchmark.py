@@ -27,6 +27,7 @@ TINY_METHODS = {
     "Doloris bernoulli mask",
     "Doloris coherent mask",
     "Doloris no prior",
+    "Doloris no residual",
     "NoChange",
     "MeanShift",
     "Additive",

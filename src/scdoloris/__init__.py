@@ -14,7 +14,16 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 from ._perturbation import normalize_perturbation, parse_perturbation  # noqa: E402
 
-_SUBMODULES = {"baselines", "datasets", "metrics", "module", "train", "model", "plotting"}
+_SUBMODULES = {
+    "baselines",
+    "datasets",
+    "metrics",
+    "module",
+    "molecules",
+    "train",
+    "model",
+    "plotting",
+}
 
 __all__ = [
     "DolorisModel",
@@ -22,6 +31,7 @@ __all__ = [
     "datasets",
     "metrics",
     "module",
+    "molecules",
     "normalize_perturbation",
     "parse_perturbation",
     "train",

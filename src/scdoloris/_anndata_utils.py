@@ -124,16 +124,21 @@ def prediction_anndata(
     cell_type: Sequence[str],
     control_cell: Sequence[str],
     uns: dict | None = None,
+    dose: Sequence[float] | None = None,
 ) -> ad.AnnData:
     """Build the AnnData that every ``predict`` returns.
 
-    ``obs`` has ``perturbation``, ``cell_type``, ``control_cell`` (the obs name of the control
-    cell the prediction started from) and ``predicted`` (True); ``var_names`` are the model's.
+    ``obs`` has ``perturbation``, ``dose`` (only when given; NaN for no dose), ``cell_type``,
+    ``control_cell`` (the obs name of the control cell the prediction started from) and
+    ``predicted`` (True); ``var_names`` are the model's.
     """
     n = X.shape[0]
+    columns: dict = {"perturbation": pd.Categorical(np.asarray(perturbation, dtype=object))}
+    if dose is not None:
+        columns["dose"] = np.asarray(dose, dtype=np.float64)
     obs = pd.DataFrame(
         {
-            "perturbation": pd.Categorical(np.asarray(perturbation, dtype=object)),
+            **columns,
             "cell_type": pd.Categorical(np.asarray(cell_type, dtype=object)),
             "control_cell": np.asarray(control_cell, dtype=object).astype(str),
             "predicted": np.ones(n, dtype=bool),

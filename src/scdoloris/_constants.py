@@ -9,6 +9,7 @@ class _RegistryKeys(NamedTuple):
     X_KEY: str = "X"
     CELL_TYPE_KEY: str = "labels"
     TOKENS_KEY: str = "perturbation_tokens"
+    DOSE_KEY: str = "dose"
 
 
 REGISTRY_KEYS = _RegistryKeys()

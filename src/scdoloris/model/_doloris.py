@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from scvi.data import AnnDataManager
 from scvi.data._constants import _MODEL_NAME_KEY, _SETUP_ARGS_KEY
-from scvi.data.fields import CategoricalObsField, LayerField
+from scvi.data.fields import CategoricalObsField, LayerField, NumericalObsField
 from scvi.model._utils import parse_device_args
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.model.base._save_load import _initialize_model, _load_saved_files
@@ -36,6 +36,10 @@ from ..module import DolorisModule
 from ..module._mask_sampler import CoherentMaskSampler, MaskBank, build_mask_bank
 from ..module._residual import residual_expression
 from ..train import DolorisTrainingPlan
+from ._conditions import predict_table
+from ._molecule_mixin import MoleculeDoseMixin
+from ._molecules import dose_levels, dose_scale, validate_dose_and_molecules
+from ._mudata_mixin import MuDataMixin
 from ._presets import PRESETS
 from ._statistics import compositional_effects, compute_statistics
 
@@ -47,7 +51,7 @@ DEFAULT_TRAIN_STEPS = 2000
 COMMON_CONTROL_LABELS = ("ctrl", "control", "non-targeting", "NT", "unperturbed", "DMSO")
 
 
-class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
+class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """Doloris: dual conditional diffusion implicit bridges for unpaired perturbation data.
 
     A source diffusion model of control cells and a target diffusion model of perturbed cells
@@ -126,22 +130,31 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
         manager = self.adata_manager
         X = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         cell_type = np.asarray(manager.get_from_registry(REGISTRY_KEYS.CELL_TYPE_KEY)).ravel()
-        tokens = np.asarray(manager.get_from_registry(REGISTRY_KEYS.TOKENS_KEY))
         vocabulary = list(manager.get_state_registry(REGISTRY_KEYS.TOKENS_KEY)["vocabulary"])
         cell_types = list(
             manager.get_state_registry(REGISTRY_KEYS.CELL_TYPE_KEY).categorical_mapping
         )
+        genes = self.adata_var_names
+        dose = self._registered_doses()
+        raw_tokens = np.asarray(manager.get_from_registry(REGISTRY_KEYS.TOKENS_KEY))
+        molecules = self._build_molecule_table(vocabulary, genes, gene_embeddings, raw_tokens, dose)
+        self.vocabulary_ = vocabulary
+        self.molecule_names_ = molecules.names
+        self.dose_range_ = None
+        tokens = self._registered_tokens()  # molecule tokens at dose 0 removed
         is_control = (tokens == PAD).all(1)
+        dose_labels = self._dose_labels(tokens, dose)
         condition = np.char.add(
             np.array([",".join(map(str, r.astype(int))) for r in tokens]), cell_type.astype(str)
         )
+        condition = np.char.add(condition, dose_labels)
         stats = compute_statistics(
             X,
             cell_type,
             len(cell_types),
             condition,
             is_control,
-            pd.Index(self.adata.var_names),
+            pd.Index(genes),
             vocabulary,
             gene_embeddings=gene_embeddings,
             gene_graph=gene_graph,
@@ -149,6 +162,7 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
             coexpression_threshold=coexpression_threshold,
         )
         labels = np.array([format_tokens(self._row_tokens(r, vocabulary)) for r in tokens])
+        labels = np.char.add(labels.astype(str), dose_labels)
         self.mask_bank_ = build_mask_bank(
             X,
             np.char.add(
@@ -156,21 +170,30 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
                 np.asarray(cell_types)[cell_type].astype(str),
             ),
         ).to_dict()
-        self.vocabulary_ = vocabulary
         no_key = self.registry_[_SETUP_ARGS_KEY].get("cell_type_key") is None
         self.cell_types_ = [DEFAULT_CELL_TYPE] if no_key else [str(c) for c in cell_types]
         self.node_names_ = stats.node_names
+        is_molecule = molecules.vocab_to_molecule != PAD
+        levels = None
+        if dose is not None and is_molecule.any():
+            self.dose_range_ = dose_scale(tokens, is_molecule, dose)
+            levels = dose_levels(tokens, is_molecule, self._scale_doses(dose))
         self.module_kwargs_ = {
-            "n_genes": self.adata.n_vars,
+            "n_genes": len(genes),
             "n_cell_types": len(cell_types),
             "n_vocab": len(vocabulary),
             "n_nodes": len(stats.node_names),
             "n_node_features": stats.node_features.shape[1],
             "n_edges": stats.edge_index.shape[1],
-            "n_gene_edges": int((stats.edge_index < self.adata.n_vars).all(0).sum()),
+            "n_gene_edges": int((stats.edge_index < len(genes)).all(0).sum()),
             **PRESETS[preset],
             **module_kwargs,
         }
+        if molecules.names:
+            self.module_kwargs_["n_molecules"] = len(molecules.names)
+            self.module_kwargs_["n_molecule_features"] = molecules.n_features
+        if levels is not None and len(levels):
+            self.module_kwargs_["n_dose_levels"] = len(levels)
         self.module = DolorisModule(**self.module_kwargs_)
         self.module.set_statistics(
             stats.x_max,
@@ -181,17 +204,44 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
             torch.from_numpy(stats.edge_index),
             torch.from_numpy(stats.vocab_to_node),
         )
-        effects = compositional_effects(X, tokens, cell_type, len(cell_types), len(vocabulary))
+        # the additive prior; a molecule token at each training dose is a token of its own
+        n_vocab = len(vocabulary)
+        prior_tokens = tokens
+        if levels is not None and len(levels):
+            prior_tokens = np.where(levels.cell_level >= 0, n_vocab + levels.cell_level, tokens)
+        n_prior = n_vocab + (len(levels) if levels is not None else 0)
+        effects = compositional_effects(X, prior_tokens, cell_type, len(cell_types), n_prior)
         self.module.set_effects(
             torch.from_numpy(effects.control_expressed_mean),
             torch.from_numpy(effects.control_detection_logit),
-            torch.from_numpy(effects.token_expressed_effect),
-            torch.from_numpy(effects.token_detection_effect),
+            torch.from_numpy(effects.token_expressed_effect[:n_vocab]),
+            torch.from_numpy(effects.token_detection_effect[:n_vocab]),
         )
+        if molecules.names:
+            self.module.set_molecules(
+                torch.from_numpy(molecules.features),
+                torch.from_numpy(molecules.has_features),
+                torch.from_numpy(molecules.vocab_to_molecule),
+                *(self.dose_range_ or (1.0, 1.0)),
+            )
+        if levels is not None and len(levels):
+            self.module.set_dose_effects(
+                torch.from_numpy(levels.token),
+                torch.from_numpy(levels.dose),
+                torch.from_numpy(effects.token_expressed_effect[n_vocab:]),
+                torch.from_numpy(effects.token_detection_effect[n_vocab:]),
+            )
         n_featured = int((np.abs(stats.node_features).sum(1) > 0).sum())
+        n_mol = int(is_molecule.sum())
         self._model_summary_string = (
-            f"DolorisModel: {self.adata.n_vars} genes, {len(cell_types)} cell type(s), "
-            f"{len(vocabulary)} perturbation tokens, gene graph of {len(stats.node_names)} nodes "
+            f"DolorisModel: {len(genes)} genes, {len(cell_types)} cell type(s), "
+            f"{len(vocabulary)} perturbation tokens"
+            + (
+                f" ({n_mol} molecules{' with doses' if levels is not None else ''})"
+                if n_mol
+                else ""
+            )
+            + f", gene graph of {len(stats.node_names)} nodes "
             f"({n_featured} with features) and {stats.edge_index.shape[1]} edges; "
             f"preset={preset!r}, {sum(p.numel() for p in self.module.parameters()):,} parameters."
         )
@@ -210,9 +260,26 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
         cell_type_key: str | None = None,
         layer: str | None = None,
         combination_delimiter: str = "+",
+        dose_key: str | None = None,
+        molecule_features: pd.DataFrame | Literal["morgan"] | None = None,
         **kwargs,
     ):
         """Register an AnnData of control and perturbed cells with the model.
+
+        One perturbation column names every cell's perturbation, genetic or molecular: tokens
+        joined by ``combination_delimiter`` (``"KLF1"``, ``"KLF1+MAP2K6"``, ``"panobinostat"``,
+        ``"panobinostat+KLF1"``, ``"stim"``). Each token is read as
+
+        * a **molecule** if it is a row of ``molecule_features`` (or, with ``"morgan"``, if it
+          parses as SMILES and is not a measured gene): embedded from its features, and
+          dose-gated when ``dose_key`` is given;
+        * a **gene** if it is a measured gene (or in the model's ``gene_embeddings``): embedded
+          through the gene graph;
+        * anything else (a stimulation, a drug known only by name): a learned embedding, usable
+          for perturbations seen in training. With ``dose_key``, such a token seen at a positive
+          dose is a molecule without features: learned, and dose-gated.
+
+        A combination is the sum of its tokens' embeddings, whatever their kinds.
 
         Parameters
         ----------
@@ -230,7 +297,22 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
         layer
             Layer with log-normalised expression; ``None`` uses ``adata.X``.
         combination_delimiter
-            What joins the genes of a combination.
+            What joins the tokens of a combination.
+        dose_key
+            Optional numeric column of ``adata.obs`` with each cell's dose (0 for cells without
+            a molecule), applied to every molecule token of the cell. A molecule at dose 0 is
+            no perturbation (the cell counts as a control if nothing else perturbs it). Doses
+            are in any unit; inside the model they are put on a log scale relative to the
+            smallest and largest training dose (:func:`~scdoloris.module.encode_dose`).
+        molecule_features
+            How molecules are featurised: a pandas DataFrame indexed by molecule, written as in
+            the perturbation column (names or SMILES), one numeric column per feature
+            (fingerprints, Uni-Mol or other vectors; every row is kept with the model, so
+            molecules never seen in training can be predicted); ``"morgan"``: RDKit Morgan
+            fingerprints (radius 2, 2048 bits) of the tokens that are SMILES (needs the
+            ``chem`` extra, ``pip install 'scdoloris[chem]'``; new SMILES are featurised at
+            prediction too); ``None``: no features, molecules are learned per token and cannot
+            be predicted unless seen in training.
         **kwargs
             Used by scvi-tools when transferring the setup to new data (``source_registry``).
 
@@ -238,17 +320,32 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
         -----
         Like every scvi-tools model this records the registration in ``adata.uns`` and adds
         ``obs['_scvi_labels']`` and ``obsm['_scdoloris_tokens']``; ``X``, ``var``, layers and
-        the user's own columns are left as they are.
+        the user's own columns are left as they are. A ``molecule_features`` DataFrame is kept
+        in the registration (and saved with the model).
 
         Examples
         --------
         >>> DolorisModel.setup_anndata(adata, perturbation_key="perturbation",
         ...                            control_group="control")  # doctest: +SKIP
+        >>> features = scdoloris.molecules.morgan_fingerprints(
+        ...     dict(zip(adata.obs["perturbation"], adata.obs["smiles"])))  # doctest: +SKIP
+        >>> DolorisModel.setup_anndata(adata, perturbation_key="perturbation",
+        ...     cell_type_key="cell_type", dose_key="dose",
+        ...     molecule_features=features)  # doctest: +SKIP
         """
         setup_method_args = cls._get_setup_method_args(**locals())
         if kwargs.get("source_registry") is None:
             _validate_setup(
                 adata, perturbation_key, control_group, cell_type_key, layer, combination_delimiter
+            )
+            validate_dose_and_molecules(
+                adata.obs,
+                adata.var_names,
+                tokenize_column(
+                    adata.obs[perturbation_key].astype(str), control_group, combination_delimiter
+                ),
+                dose_key,
+                molecule_features,
             )
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
@@ -256,6 +353,7 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
             PerturbationTokenField(
                 REGISTRY_KEYS.TOKENS_KEY, perturbation_key, control_group, combination_delimiter
             ),
+            NumericalObsField(REGISTRY_KEYS.DOSE_KEY, dose_key, required=False),
         ]
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(adata, **kwargs)
@@ -372,7 +470,7 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
     def _fill_control_bank(self, max_cells: int = 20000) -> None:
         """Give the module the registered control cells (at most ``max_cells``, drawn at random)."""
         manager = self.adata_manager
-        tokens = np.asarray(manager.get_from_registry(REGISTRY_KEYS.TOKENS_KEY))
+        tokens = self._registered_tokens()
         rows = np.flatnonzero((tokens == PAD).all(1))
         if len(rows) > max_cells:
             rows = np.sort(np.random.default_rng(0).choice(rows, max_cells, replace=False))
@@ -420,31 +518,48 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
         index = {c: i for i, c in enumerate(known)}
         return np.array([index[n] for n in names], dtype=np.int64), names
 
-    def _token_indices(self, tokens: tuple[str, ...]) -> tuple[list[int], list[int]]:
-        """Vocabulary and node indices of tokens; errors name tokens the model cannot embed."""
+    def _token_indices(
+        self,
+        tokens: tuple[str, ...],
+        new_molecules: dict[str, np.ndarray] | None = None,
+        molecule_features: pd.DataFrame | None = None,
+    ) -> tuple[list[int], list[int], list[int]]:
+        """Vocabulary, node and molecule indices of tokens; errors name tokens it cannot embed.
+
+        Molecules new to the model get rows from ``molecule_features`` or their SMILES, collected
+        in ``new_molecules`` (see ``_molecule_row``).
+        """
+        new_molecules = {} if new_molecules is None else new_molecules
         vocab = {t: i for i, t in enumerate(self.vocabulary_)}
         nodes = {t: i for i, t in enumerate(self.node_names_)}
         featured = self.module.condition.perturbation.node_has_features.cpu().numpy()
-        vocab_idx, node_idx = [], []
+        molecules = set(getattr(self, "molecule_names_", []))
+        vocab_idx, node_idx, mol_idx = [], [], []
         for tok in tokens:
             v, n = vocab.get(tok, PAD), nodes.get(tok, PAD)
-            if v == PAD and (n == PAD or not featured[n]):
+            gene = n != PAD and bool(featured[n])
+            m = PAD  # a molecule of the table, or new to the model (never a gene)
+            if not gene and (v == PAD or tok in molecules):
+                m = self._molecule_row(tok, new_molecules, molecule_features)
+            if v == PAD and m == PAD and not gene:
                 choices = list(self.vocabulary_) + list(self.adata_var_names)
                 raise ValueError(
                     f"Unknown perturbation token {tok!r}: it was not perturbed in training, is "
                     "not a measured gene and has no entry in gene_embeddings"
                     + _suggest(tok, choices)
                     + " To predict genes never seen in training, pass gene_embeddings= when "
-                    "creating the model."
+                    "creating the model." + self._unknown_token_hint()
                 )
             vocab_idx.append(v)
             node_idx.append(n)
-        return vocab_idx, node_idx
+            mol_idx.append(m)
+        return vocab_idx, node_idx, mol_idx
 
     @property
     def adata_var_names(self) -> list[str]:
-        """The model's genes."""
-        return [str(g) for g in self.get_var_names()]
+        """The model's genes (of the expression modality, for a model set up with MuData)."""
+        state = self.registry_["field_registries"][REGISTRY_KEYS.X_KEY]["state_registry"]
+        return [str(g) for g in state["column_names"]]
 
     def _read_controls(self, adata: ad.AnnData, layer: str | None | Literal["setup"]):
         if not isinstance(adata, ad.AnnData):
@@ -464,12 +579,29 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
             yield slice(start, min(start + batch_size, n))
 
     def _condition_tensors(
-        self, vocab_idx: list[int], node_idx: list[int], n: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token index matrices (cells x tokens) for one perturbation."""
-        v = torch.tensor([vocab_idx or [PAD]], dtype=torch.long).expand(n, -1)
-        nd = torch.tensor([node_idx or [PAD]], dtype=torch.long).expand(n, -1)
-        return v, nd
+        self, indices: tuple[list[int], list[int], list[int]], dose: float | None, n: int
+    ) -> dict[str, torch.Tensor | None]:
+        """Token index matrices (cells x tokens) and doses of one perturbation, by argument name.
+
+        Slice them with :meth:`_slice_condition` and pass them to the module's ``decode`` and
+        ``expression_probability``.
+        """
+        vocab_idx, node_idx, mol_idx = indices
+        cond = {
+            "vocab_idx": torch.tensor([vocab_idx or [PAD]], dtype=torch.long).expand(n, -1),
+            "node_idx": torch.tensor([node_idx or [PAD]], dtype=torch.long).expand(n, -1),
+            "mol_idx": None,
+            "dose": None,
+        }
+        if self.module.condition.perturbation.molecules is not None:
+            cond["mol_idx"] = torch.tensor([mol_idx or [PAD]], dtype=torch.long).expand(n, -1)
+            if dose is not None:
+                cond["dose"] = torch.full((n,), float(dose))
+        return cond
+
+    @staticmethod
+    def _slice_condition(cond: dict, sl: slice, device) -> dict:
+        return {k: None if v is None else v[sl].to(device) for k, v in cond.items()}
 
     def _mean_probabilities(self, X, codes, conditions, batch_size) -> list[dict[int, np.ndarray]]:
         """Mean expression probability per perturbation and cell type (first pass, bounded memory).
@@ -481,13 +613,14 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
         n_types = len(self.cell_types_)
         counts = np.bincount(codes, minlength=n_types)
         means = []
-        for v_all, nd_all in conditions:
+        for cond in conditions:
             sums = torch.zeros(n_types, self.module.n_genes, dtype=torch.float64)
             for sl in self._batches(X.shape[0], batch_size):
                 x = torch.from_numpy(X[sl]).to(device)
                 ct = torch.from_numpy(codes[sl]).to(device)
-                v, nd = v_all[sl].to(device), nd_all[sl].to(device)
-                p = self.module.expression_probability(x, ct, v, nd)
+                p = self.module.expression_probability(
+                    x, ct, **self._slice_condition(cond, sl, device)
+                )
                 sums.index_add_(0, ct.cpu(), p.double().cpu())
             means.append({int(c): (sums[c] / counts[c]).numpy() for c in np.flatnonzero(counts)})
         return means
@@ -584,6 +717,7 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
         >>> z = model.get_latent(adata[adata.obs["perturbation"] == "ctrl"])  # doctest: +SKIP
         """
         self._check_if_trained(warn=True)
+        adata_ctrl = self._expression_input(adata_ctrl)
         X = self._read_controls(adata_ctrl, layer)
         codes, _ = self._cell_type_codes(adata_ctrl, cell_type)
         self.module.eval()
@@ -600,8 +734,9 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
     def predict(
         self,
         adata_ctrl: ad.AnnData,
-        perturbation: str | Sequence[str],
+        perturbation: str | Sequence[str] | pd.DataFrame,
         cell_type: str | None = None,
+        dose: float | Sequence[float | None] | None = None,
         n_steps: int = 50,
         batch_size: int = 512,
         seed: int | None = 0,
@@ -613,6 +748,7 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
         layer: str | None | Literal["setup"] = "setup",
         return_probabilities: bool = False,
         progress_bar: bool = True,
+        molecule_features: pd.DataFrame | None = None,
         residual: Literal["values", "full", "none"] = "values",
     ) -> ad.AnnData:
         """Predict perturbed cells from control cells, one predicted cell per control cell.
@@ -626,11 +762,19 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
             Control cells (log-normalised); genes are matched to the model's by name, extra
             genes are ignored. It is not modified.
         perturbation
-            One perturbation (``"KLF1"``, ``"KLF1+MAP2K6"``) or a list; each gives one block of
-            predicted cells.
+            One perturbation (``"KLF1"``, ``"KLF1+MAP2K6"``, ``"panobinostat"``) or a list; each
+            gives one block of predicted cells. Or a DataFrame of conditions, one block per row,
+            with a ``perturbation`` column and optional ``dose`` and ``cell_type`` columns (a
+            missing value: as if the argument were not given); the output then always has a
+            ``dose`` column.
         cell_type
             Cell type of all input cells (needed when the model knows several types and the
-            input lacks the cell-type column).
+            input lacks the cell-type column). A cell type whose perturbed cells were never
+            seen in training works as long as its control cells were (covariate transfer).
+        dose
+            Dose of the molecules of the perturbation(s): one number, or one per perturbation.
+            Needed for perturbations with a molecule when the model was set up with
+            ``dose_key``; 0 means no molecule (the control).
         n_steps
             DDIM steps of each of the two ODE runs.
         batch_size
@@ -665,6 +809,9 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
             ``layers["expression_probability"]``.
         progress_bar
             Show a progress bar.
+        molecule_features
+            Features of molecules the model has no row for (a DataFrame indexed by molecule,
+            with the columns of the setup's ``molecule_features``).
         residual
             ``"values"`` (default): apply the model's predicted CHANGE of expressed values to
             each input cell instead of returning the decoded values: a gene expressed in the
@@ -682,7 +829,8 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
         Returns
         -------
         A new AnnData: ``X`` the predicted log-normalised expression with the model's genes;
-        ``obs`` with ``perturbation``, ``cell_type``, ``control_cell`` and ``predicted``;
+        ``obs`` with ``perturbation``, ``dose`` (for a model with doses, when doses are given
+        or for a DataFrame of conditions), ``cell_type``, ``control_cell`` and ``predicted``;
         ``uns["scdoloris"]`` with the settings.
 
         Examples
@@ -690,6 +838,11 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
         >>> ctrl = adata[adata.obs["perturbation"] == "ctrl"]  # doctest: +SKIP
         >>> pred = model.predict(ctrl, perturbation="KLF1+MAP2K6")  # doctest: +SKIP
         >>> sc.pp.pca(pred); sc.pp.neighbors(pred); sc.tl.umap(pred)  # doctest: +SKIP
+        >>> pred = model.predict(ctrl, "panobinostat", dose=0.2,
+        ...                      cell_type="A549")  # doctest: +SKIP
+        >>> conditions = pd.DataFrame({"perturbation": ["panobinostat"] * 2,
+        ...                            "dose": [0.1, 1.0], "cell_type": ["A549", "MCF7"]})
+        >>> pred = model.predict(ctrl, conditions)  # doctest: +SKIP
         """
         self._check_if_trained(warn=True)
         if mask not in MASK_MODES:
@@ -700,6 +853,9 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
             raise ValueError(f"start must be 'latent' or 'noise', got {start!r}.")
         if mask != "none" and not self.module.use_mask:
             raise ValueError("This model has no mask network (use_mask=False): pass mask='none'.")
+        if isinstance(perturbation, pd.DataFrame):
+            return predict_table(self, adata_ctrl, perturbation, cell_type, dose, locals())
+        adata_ctrl = self._expression_input(adata_ctrl)
         perturbations = [perturbation] if isinstance(perturbation, str) else list(perturbation)
         if not perturbations:
             raise ValueError("Pass at least one perturbation.")
@@ -707,7 +863,10 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
         delimiter = self.setup_args["combination_delimiter"]
         parsed = tokenize_column(pd.Series(perturbations), control, delimiter, "perturbation")
         names = [format_tokens(t, control, delimiter) for t in parsed]
-        indices = [self._token_indices(t) for t in parsed]
+        doses = self._condition_doses(dose, len(perturbations))
+        new_molecules: dict[str, np.ndarray] = {}
+        indices = [self._token_indices(t, new_molecules, molecule_features) for t in parsed]
+        self._check_molecule_doses(names, [i[2] for i in indices], doses)
         X = self._read_controls(adata_ctrl, layer)
         codes, ct_names = self._cell_type_codes(adata_ctrl, cell_type)
         if seed is None:
@@ -716,9 +875,11 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
 
         self.module.eval()
         n = X.shape[0]
-        conditions = [self._condition_tensors(v, nd, n) for v, nd in indices]
+        conditions = [self._condition_tensors(i, d, n) for i, d in zip(indices, doses, strict=True)]
+        extra = np.stack(list(new_molecules.values())) if new_molecules else None
+        self.module.set_extra_molecules(None if extra is None else torch.from_numpy(extra))
         plans = None
-        control_tokens = self._condition_tensors([], [], n)
+        control_tokens = self._condition_tensors(([], [], []), None, n)
         if mask in ("coherent", "coupled"):
             plans = self._mask_plans(
                 mask,
@@ -743,18 +904,18 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
             ct = torch.from_numpy(codes[sl]).to(device)
             if start == "latent":
                 latent = self.module.encode(x, ct, n_steps, generator, depth)
-            for j, (v_all, nd_all) in enumerate(conditions):
-                v, nd = v_all[sl].to(device), nd_all[sl].to(device)
+            for j, cond in enumerate(conditions):
+                kw = self._slice_condition(cond, sl, device)
                 if start == "noise":
                     latent = torch.randn(x.shape, generator=generator).to(device)
-                x_hat = self.module.decode(latent, x, ct, v, nd, n_steps, depth)
+                x_hat = self.module.decode(latent, x, ct, n_steps=n_steps, depth=depth, **kw)
                 if residual != "none":
-                    cv, cn = (t[sl].to(device) for t in control_tokens)
-                    x_ref = self.module.decode(latent, x, ct, cv, cn, n_steps, depth)
+                    ref = self._slice_condition(control_tokens, sl, device)
+                    x_ref = self.module.decode(latent, x, ct, n_steps=n_steps, depth=depth, **ref)
                     x_hat = residual_expression(x / self.module.x_max, x_hat, x_ref)
                 x_hat = x_hat.clamp_min(0.0)
                 if mask == "bernoulli" or return_probabilities:
-                    p = self.module.expression_probability(x, ct, v, nd)
+                    p = self.module.expression_probability(x, ct, **kw)
                     if return_probabilities:
                         prob_blocks[j].append(p.cpu().numpy())
                 if mask == "bernoulli":
@@ -766,14 +927,18 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
                 blocks[j].append((x_hat * self.module.x_max).cpu().numpy())
                 bar.update(1)
         bar.close()
+        self.module.set_extra_molecules(None)
 
         obs_names = np.asarray(adata_ctrl.obs_names, dtype=object)
+        with_dose = self.has_doses or any(d is not None for d in doses)
+        dose_column = [np.nan if d is None else d for d in doses]
         out = prediction_anndata(
             np.concatenate([np.concatenate(b) for b in blocks]),
             self.adata_var_names,
             perturbation=np.repeat(names, n),
             cell_type=np.tile(ct_names, len(names)),
             control_cell=np.tile(obs_names, len(names)),
+            dose=np.repeat(dose_column, n) if with_dose else None,
             uns={
                 "n_steps": n_steps,
                 "seed": int(seed),
@@ -787,6 +952,7 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
                     else {}
                 ),
                 "perturbations": names,
+                **({"doses": dose_column} if with_dose else {}),
                 "version": __version__,
             },
         )
@@ -902,7 +1068,8 @@ class DolorisModel(UnsupervisedTrainingMixin, BaseModelClass):
         model.to_device(torch_device)
         model.module.eval()
         if adata is not None:
-            missing = pd.Index(var_names).difference(adata.var_names)
+            genes = model._expression_input(adata).var_names
+            missing = pd.Index(model.adata_var_names).difference(genes)
             if len(missing):
                 raise ValueError(
                     f"adata lacks {len(missing)} of the model's genes, e.g. {missing[:5].tolist()}."

@@ -8,9 +8,11 @@ from torch import nn
 
 from .._constants import PAD, REGISTRY_KEYS
 from ._denoiser import Denoiser
+from ._dose import dose_prior_weights, encode_dose
 from ._gene_graph import PerturbationEncoder
 from ._losses import expressed_mask, mask_bce, masked_mse
 from ._mask_network import GeneGraphMaskNetwork, MaskNetwork
+from ._molecule_encoder import MoleculeEncoder
 from ._schedule import (
     DiffusionSchedule,
     ddim_decode,
@@ -37,9 +39,14 @@ class ConditionEncoder(nn.Module):
         vocab_idx: torch.Tensor,
         node_idx: torch.Tensor,
         nodes: torch.Tensor | None,
+        mol_idx: torch.Tensor | None = None,
+        dose: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        is_control = ((vocab_idx == PAD) & (node_idx == PAD)).all(-1, keepdim=True)
-        pert = self.perturbation(vocab_idx, node_idx, nodes)
+        none = (vocab_idx == PAD) & (node_idx == PAD)
+        if mol_idx is not None:
+            none = none & (mol_idx == PAD)
+        is_control = none.all(-1, keepdim=True)
+        pert = self.perturbation(vocab_idx, node_idx, nodes, mol_idx, dose)
         return self.cell_type(cell_type) + torch.where(is_control, self.control_token, pert)
 
     def control(self, cell_type: torch.Tensor) -> torch.Tensor:
@@ -110,6 +117,11 @@ class DolorisModule(BaseModuleClass):
         expressed means plus the sum of per-token effects on expressed values; per-token effects
         on detection logits offset the mask logits), see :meth:`center`. ``"none"``: the plain
         method of the paper.
+    n_molecules, n_molecule_features
+        Rows and width of the molecule feature table (0: no molecule tokens), see
+        :class:`~scdoloris.module.MoleculeEncoder`.
+    n_dose_levels
+        Training (molecule, dose) levels of the dose-aware additive prior (0: no doses).
     """
 
     def __init__(
@@ -138,6 +150,9 @@ class DolorisModule(BaseModuleClass):
         mask_control_state: str = "cells",
         target_control_state: str = "cells",
         prior: str = "additive",
+        n_molecules: int = 0,
+        n_molecule_features: int = 0,
+        n_dose_levels: int = 0,
     ):
         super().__init__()
         for name, value, allowed in (
@@ -158,6 +173,16 @@ class DolorisModule(BaseModuleClass):
         self.register_buffer("control_detection_logit", torch.zeros(n_cell_types, n_genes))
         self.register_buffer("token_expressed_effect", torch.zeros(n_vocab, n_genes))
         self.register_buffer("token_detection_effect", torch.zeros(n_vocab, n_genes))
+        # doses: the scale (smallest positive and largest training dose) and the dose-aware
+        # prior's levels (a molecule token at one training dose each); only with molecules
+        self.n_dose_levels = n_dose_levels
+        if n_molecules > 0:
+            self.register_buffer("dose_range", torch.ones(2))
+        if n_dose_levels > 0:
+            self.register_buffer("level_token", torch.full((n_dose_levels,), PAD))
+            self.register_buffer("level_dose", torch.zeros(n_dose_levels, 3))
+            self.register_buffer("level_expressed_effect", torch.zeros(n_dose_levels, n_genes))
+            self.register_buffer("level_detection_effect", torch.zeros(n_dose_levels, n_genes))
         self.n_genes = n_genes
         self.share_trunk = share_trunk
         self.use_mask = use_mask
@@ -179,8 +204,20 @@ class DolorisModule(BaseModuleClass):
         self.schedule = DiffusionSchedule(n_timesteps)
 
         def perturbation_encoder() -> PerturbationEncoder:
+            molecules = (
+                MoleculeEncoder(n_vocab, n_molecules, n_molecule_features, n_cond)
+                if n_molecules > 0
+                else None
+            )
             return PerturbationEncoder(
-                n_vocab, n_nodes, n_node_features, n_edges, n_cond, n_graph_hidden, token_dropout
+                n_vocab,
+                n_nodes,
+                n_node_features,
+                n_edges,
+                n_cond,
+                n_graph_hidden,
+                token_dropout,
+                molecules,
             )
 
         self.condition = ConditionEncoder(n_cell_types, n_cond, perturbation_encoder())
@@ -243,6 +280,80 @@ class DolorisModule(BaseModuleClass):
         self.token_expressed_effect.copy_(torch.as_tensor(token_expressed_effect) / x_max)
         self.token_detection_effect.copy_(torch.as_tensor(token_detection_effect))
 
+    def _molecule_encoders(self) -> list[MoleculeEncoder]:
+        encoders = [self.condition.perturbation.molecules]
+        if self.use_mask:
+            encoders.append(self.mask_condition.perturbation.molecules)
+        return [e for e in encoders if e is not None]
+
+    def set_molecules(
+        self,
+        features: torch.Tensor,
+        has_features: torch.Tensor,
+        vocab_to_molecule: torch.Tensor,
+        dose_reference: float = 1.0,
+        dose_maximum: float = 1.0,
+    ) -> None:
+        """Copy the molecule feature table, the token-to-molecule map and the dose scale."""
+        for enc in self._molecule_encoders():
+            enc.set_molecules(features, has_features, vocab_to_molecule)
+        self.dose_range.copy_(torch.tensor([float(dose_reference), float(dose_maximum)]))
+
+    def set_dose_effects(
+        self,
+        level_token: torch.Tensor,
+        level_dose: torch.Tensor,
+        level_expressed_effect: torch.Tensor,
+        level_detection_effect: torch.Tensor,
+    ) -> None:
+        """Copy the dose-aware prior: per (molecule, training dose) effects (raw units).
+
+        ``level_dose`` holds, per level, its dose and the next lower and higher dose of the same
+        token on the model's scale (see :func:`~scdoloris.module.dose_prior_weights`).
+        """
+        self.level_token.copy_(torch.as_tensor(level_token))
+        self.level_dose.copy_(torch.as_tensor(level_dose))
+        self.level_expressed_effect.copy_(
+            torch.as_tensor(level_expressed_effect) / float(self.x_max)
+        )
+        self.level_detection_effect.copy_(torch.as_tensor(level_detection_effect))
+
+    def set_extra_molecules(self, features: torch.Tensor | None) -> None:
+        """Feature rows of molecules the table lacks, appended after it until the next call.
+
+        ``DolorisModel.predict`` sets them for molecules new to the model (and clears them);
+        they are never saved.
+        """
+        for enc in self._molecule_encoders():
+            enc.set_extra_features(features)
+
+    def molecule_indices(self, vocab_idx: torch.Tensor) -> torch.Tensor | None:
+        """Molecule-table rows of training tokens; ``None`` for a model without molecules."""
+        molecules = self.condition.perturbation.molecules
+        return None if molecules is None else molecules.molecule_indices(vocab_idx)
+
+    def dosed_tokens(self, vocab_idx, node_idx, mol_idx=None, dose=None):
+        """Drop molecule tokens given at dose 0 (they mean "no molecule") and scale the doses.
+
+        Returns ``(vocab_idx, node_idx, mol_idx, dose)`` with the dose on the model's scale
+        (:func:`~scdoloris.module.encode_dose`), or ``None`` without doses.
+        """
+        if mol_idx is None or dose is None:
+            return vocab_idx, node_idx, mol_idx, None
+        dose = dose.reshape(-1).to(self.dose_range.dtype)
+        absent = (mol_idx != PAD) & (dose <= 0).unsqueeze(-1)
+        vocab_idx, node_idx, mol_idx = (
+            torch.where(absent, PAD, idx) for idx in (vocab_idx, node_idx, mol_idx)
+        )
+        return vocab_idx, node_idx, mol_idx, encode_dose(dose, *self.dose_range.tolist())
+
+    def _dose_prior(self, table_name: str, vocab_idx, dose) -> torch.Tensor | float:
+        """The dose levels' part of the additive prior (0 without doses)."""
+        if self.n_dose_levels == 0 or dose is None:
+            return 0.0
+        weights = dose_prior_weights(vocab_idx, dose, self.level_token, self.level_dose)
+        return weights @ getattr(self, table_name)
+
     def _token_sum(self, table: torch.Tensor, vocab_idx: torch.Tensor) -> torch.Tensor:
         """Sum of a per-token table over each cell's tokens (unseen tokens contribute 0)."""
         if table.shape[0] == 0:
@@ -250,23 +361,31 @@ class DolorisModule(BaseModuleClass):
         known = (vocab_idx != PAD).unsqueeze(-1)
         return (table[vocab_idx.clamp_min(0)] * known).sum(1)
 
-    def center(self, cell_type: torch.Tensor, vocab_idx: torch.Tensor) -> torch.Tensor:
+    def center(
+        self, cell_type: torch.Tensor, vocab_idx: torch.Tensor, dose: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The additive prior's expressed values: control mean + the sum of token effects.
 
         The diffusion models work on expression minus this centre, so the bridge from a control
         cell carries the summed token effects by construction and the networks learn what the
-        sum misses (interactions, per-cell structure). Zero with ``prior="none"``.
+        sum misses (interactions, per-cell structure). Molecule tokens with doses add their
+        effect interpolated between their training doses (``dose`` on the model's scale, see
+        :func:`~scdoloris.module.dose_prior_weights`). Zero with ``prior="none"``.
         """
         if self.prior == "none":
             return torch.zeros(cell_type.shape[0], self.n_genes, device=cell_type.device)
         base = self.control_expressed_mean[cell_type]
-        return base + self._token_sum(self.token_expressed_effect, vocab_idx)
+        dosed = self._dose_prior("level_expressed_effect", vocab_idx, dose)
+        return base + self._token_sum(self.token_expressed_effect, vocab_idx) + dosed
 
-    def detection_offset(self, vocab_idx: torch.Tensor) -> torch.Tensor:
+    def detection_offset(
+        self, vocab_idx: torch.Tensor, dose: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The additive prior on the mask: the sum of token effects on detection logits."""
         if self.prior == "none":
             return torch.zeros(vocab_idx.shape[0], self.n_genes, device=vocab_idx.device)
-        return self._token_sum(self.token_detection_effect, vocab_idx)
+        dosed = self._dose_prior("level_detection_effect", vocab_idx, dose)
+        return self._token_sum(self.token_detection_effect, vocab_idx) + dosed
 
     def set_control_bank(self, x: torch.Tensor, cell_type: torch.Tensor) -> None:
         """Keep control cells (raw units) from which every training step draws a source batch.
@@ -304,13 +423,13 @@ class DolorisModule(BaseModuleClass):
         knocked.scatter_(1, target, True)
         return knocked[:, : self.n_genes]
 
-    def mask_logits(self, control_state, mask_cond, vocab_idx, node_idx) -> torch.Tensor:
+    def mask_logits(self, control_state, mask_cond, vocab_idx, node_idx, dose=None):
         """The mask network's logits (either architecture) plus the additive detection prior."""
         if self.mask_network == "graph":
             logits = self.mask_net(control_state, mask_cond, self.knocked_genes(node_idx))
         else:
             logits = self.mask_net(control_state, mask_cond)
-        return logits + self.detection_offset(vocab_idx)
+        return logits + self.detection_offset(vocab_idx, dose)
 
     def diffusion_parameters(self) -> list[nn.Parameter]:
         """Parameters of the source and target models (and their condition encoder)."""
@@ -361,20 +480,23 @@ class DolorisModule(BaseModuleClass):
             "x": tensors[REGISTRY_KEYS.X_KEY],
             "cell_type": tensors[REGISTRY_KEYS.CELL_TYPE_KEY],
             "tokens": tensors[REGISTRY_KEYS.TOKENS_KEY],
+            "dose": tensors.get(REGISTRY_KEYS.DOSE_KEY),
         }
 
     @auto_move_data
-    def inference(self, x, cell_type, tokens):
+    def inference(self, x, cell_type, tokens, dose=None):
         """Scale expression and embed the conditions of a training batch."""
         x0 = x / self.x_max
         cell_type = cell_type.view(-1).long()
         vocab_idx, node_idx = self.token_indices(tokens)
+        mol_idx = self.molecule_indices(vocab_idx)
+        vocab_idx, node_idx, mol_idx, dose = self.dosed_tokens(vocab_idx, node_idx, mol_idx, dose)
         is_control = (vocab_idx == PAD).all(-1)
         # the gene-graph pass only when a token of the batch is a node of the graph (never for
-        # tokens without a gene, e.g. a stimulation)
+        # tokens without a gene, e.g. a stimulation or a molecule)
         graph = bool((node_idx != PAD).any())
         nodes = self.condition.perturbation.node_embeddings() if graph else None
-        cond = self.condition(cell_type, vocab_idx, node_idx, nodes)
+        cond = self.condition(cell_type, vocab_idx, node_idx, nodes, mol_idx, dose)
         out = {
             "x0": x0,
             "cell_type": cell_type,
@@ -382,16 +504,21 @@ class DolorisModule(BaseModuleClass):
             "cond": cond,
             "vocab_idx": vocab_idx,
             "node_idx": node_idx,
+            "dose": dose,
         }
         if self.use_mask:
             mask_nodes = self.mask_condition.perturbation.node_embeddings() if graph else None
-            out["mask_cond"] = self.mask_condition(cell_type, vocab_idx, node_idx, mask_nodes)
+            out["mask_cond"] = self.mask_condition(
+                cell_type, vocab_idx, node_idx, mask_nodes, mol_idx, dose
+            )
         return out
 
     def _get_generative_input(self, tensors, inference_outputs, **kwargs):
         return inference_outputs
 
-    def generative(self, x0, cell_type, is_control, cond, vocab_idx, node_idx, mask_cond=None):
+    def generative(
+        self, x0, cell_type, is_control, cond, vocab_idx, node_idx, mask_cond=None, dose=None
+    ):
         """Noise the cells and predict x0 with the source and target models.
 
         The target model sees the batch (perturbed cells, and control cells under the control
@@ -413,7 +540,8 @@ class DolorisModule(BaseModuleClass):
 
         tgt = torch.ones_like(is_control) if self.target_on_controls else ~is_control
         tgt_x0 = x0[tgt]
-        tgt_x0c = tgt_x0 - self.center(cell_type[tgt], vocab_idx[tgt])
+        tgt_dose = None if dose is None else dose[tgt]
+        tgt_x0c = tgt_x0 - self.center(cell_type[tgt], vocab_idx[tgt], tgt_dose)
         if self.target_control_state == "cells":
             control_state = self.sample_control_cells(cell_type)
         else:
@@ -433,7 +561,7 @@ class DolorisModule(BaseModuleClass):
                 mask_state = self.sample_control_cells(cell_type)
             else:
                 mask_state = self.sample_control_state(cell_type)
-            out["mask_logits"] = self.mask_logits(mask_state, mask_cond, vocab_idx, node_idx)
+            out["mask_logits"] = self.mask_logits(mask_state, mask_cond, vocab_idx, node_idx, dose)
         return out
 
     def loss(self, tensors, inference_outputs, generative_outputs, stage: str = "all"):
@@ -477,9 +605,9 @@ class DolorisModule(BaseModuleClass):
         )
 
     # ------------------------------------------------------------------ prediction
-    def _conditions(self, encoder: ConditionEncoder, cell_type, vocab_idx, node_idx):
+    def _conditions(self, encoder: ConditionEncoder, cell_type, vocab_idx, node_idx, mol_idx, dose):
         nodes = encoder.perturbation.node_embeddings()
-        return encoder(cell_type, vocab_idx, node_idx, nodes)
+        return encoder(cell_type, vocab_idx, node_idx, nodes, mol_idx, dose)
 
     def _control_tokens(self, n: int, device) -> torch.Tensor:
         return torch.full((n, 1), PAD, dtype=torch.long, device=device)
@@ -537,9 +665,16 @@ class DolorisModule(BaseModuleClass):
         node_idx: torch.Tensor,
         n_steps: int = 50,
         depth: float = 1.0,
+        mol_idx: torch.Tensor | None = None,
+        dose: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """DDIM run forwards through the target model; returns expression in x_max units."""
-        cond = self._conditions(self.condition, cell_type, vocab_idx, node_idx)
+        """DDIM run forwards through the target model; returns expression in x_max units.
+
+        ``mol_idx`` (molecule-table rows of the tokens) and ``dose`` (each cell's dose, in the
+        training data's unit) are needed for molecule tokens only.
+        """
+        vocab_idx, node_idx, mol_idx, dose = self.dosed_tokens(vocab_idx, node_idx, mol_idx, dose)
+        cond = self._conditions(self.condition, cell_type, vocab_idx, node_idx, mol_idx, dose)
         control_state = control / self.x_max
 
         def x0_fn(x_t, t):
@@ -548,7 +683,7 @@ class DolorisModule(BaseModuleClass):
 
         ts = ddim_timesteps(self.schedule.n_timesteps, n_steps, 0, self._t_end(depth))
         x0c = ddim_decode(latent, x0_fn, self.schedule.alpha_bar, ts)
-        return x0c + self.center(cell_type, vocab_idx)
+        return x0c + self.center(cell_type, vocab_idx, dose)
 
     @torch.inference_mode()
     def expression_probability(
@@ -557,9 +692,13 @@ class DolorisModule(BaseModuleClass):
         cell_type: torch.Tensor,
         vocab_idx: torch.Tensor,
         node_idx: torch.Tensor,
+        mol_idx: torch.Tensor | None = None,
+        dose: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The mask network's probability that each gene is expressed, per cell."""
+        """The mask network's probability that each gene is expressed, per cell (see decode)."""
         if not self.use_mask:
             raise ValueError("This model was built with use_mask=False: it has no mask network.")
-        cond = self._conditions(self.mask_condition, cell_type, vocab_idx, node_idx)
-        return torch.sigmoid(self.mask_logits(control / self.x_max, cond, vocab_idx, node_idx))
+        vocab_idx, node_idx, mol_idx, dose = self.dosed_tokens(vocab_idx, node_idx, mol_idx, dose)
+        cond = self._conditions(self.mask_condition, cell_type, vocab_idx, node_idx, mol_idx, dose)
+        logits = self.mask_logits(control / self.x_max, cond, vocab_idx, node_idx, dose)
+        return torch.sigmoid(logits)

@@ -8,6 +8,7 @@ from torch import nn
 from torch_geometric.nn import GATConv
 
 from .._constants import PAD
+from ._molecule_encoder import MoleculeEncoder
 
 
 def coexpression_edges(X: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -112,6 +113,11 @@ class PerturbationEncoder(nn.Module):
     build the encoder with the shapes, then fill it with :meth:`set_graph` (``load_state_dict``
     restores it after loading).
 
+    With a :class:`~scdoloris.module.MoleculeEncoder`, molecule tokens add the embedding of
+    their features (their learned part is dropped like a featured gene's in training) and, when
+    cells have doses, each molecule token's embedding passes through the dose gate before the
+    sum.
+
     Parameters
     ----------
     n_vocab
@@ -124,6 +130,8 @@ class PerturbationEncoder(nn.Module):
         Width of the graph network.
     token_dropout
         Probability of dropping a featured token's learned part during training.
+    molecules
+        Optional encoder of molecule tokens (features and dose gate).
 
     Examples
     --------
@@ -143,6 +151,7 @@ class PerturbationEncoder(nn.Module):
         n_out: int = 128,
         n_hidden: int = 64,
         token_dropout: float = 0.3,
+        molecules: MoleculeEncoder | None = None,
     ):
         super().__init__()
         self.register_buffer("node_features", torch.zeros(n_nodes, n_node_features))
@@ -153,6 +162,7 @@ class PerturbationEncoder(nn.Module):
         self.graph = GeneGraphEncoder(max(n_node_features, 1), n_hidden)
         self.readout = nn.Sequential(nn.Linear(n_hidden, n_out), nn.SiLU(), nn.Linear(n_out, n_out))
         self.token_dropout = token_dropout
+        self.molecules = molecules
 
     def set_graph(
         self, node_features: torch.Tensor, edge_index: torch.Tensor, vocab_to_node: torch.Tensor
@@ -173,7 +183,12 @@ class PerturbationEncoder(nn.Module):
         return self.readout(self.graph(self.node_features, self.edge_index))
 
     def forward(
-        self, vocab_idx: torch.Tensor, node_idx: torch.Tensor, nodes: torch.Tensor | None
+        self,
+        vocab_idx: torch.Tensor,
+        node_idx: torch.Tensor,
+        nodes: torch.Tensor | None,
+        mol_idx: torch.Tensor | None = None,
+        dose: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Sum of token embeddings.
 
@@ -186,14 +201,30 @@ class PerturbationEncoder(nn.Module):
             Batch x max_tokens node indices, ``-1`` for padding or tokens without a node.
         nodes
             The output of :meth:`node_embeddings` (computed once per batch).
+        mol_idx
+            Batch x max_tokens rows of the molecule table, ``-1`` for tokens that are no
+            molecule (needs ``molecules``).
+        dose
+            Each cell's dose on the model's scale; ``None``: molecule tokens are not gated.
         """
         in_vocab = vocab_idx != PAD
         emb = self.learned(vocab_idx.clamp_min(0)) * in_vocab.unsqueeze(-1)
+        featured, extra = None, []
         if nodes is not None:
             safe = node_idx.clamp_min(0)
             featured = (node_idx != PAD) & self.node_has_features[safe]
-            if self.training and self.token_dropout > 0:
-                drop = torch.rand(vocab_idx.shape, device=vocab_idx.device) < self.token_dropout
-                emb = emb * (~(drop & featured)).unsqueeze(-1)
-            emb = emb + nodes[safe] * featured.unsqueeze(-1)
+            extra.append(nodes[safe] * featured.unsqueeze(-1))
+        use_molecules = self.molecules is not None and mol_idx is not None
+        if use_molecules:
+            mol_emb, mol_featured = self.molecules(mol_idx)
+            featured = mol_featured if featured is None else featured | mol_featured
+            extra.append(mol_emb)
+        if featured is not None and self.training and self.token_dropout > 0:
+            drop = torch.rand(vocab_idx.shape, device=vocab_idx.device) < self.token_dropout
+            emb = emb * (~(drop & featured)).unsqueeze(-1)
+        for part in extra:
+            emb = emb + part
+        if use_molecules and dose is not None:
+            gated = self.molecules.gate(emb, dose.reshape(-1, 1).expand(mol_idx.shape))
+            emb = torch.where((mol_idx != PAD).unsqueeze(-1), gated, emb)
         return emb.sum(1)
