@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from .._anndata_utils import (
-    align_genes,
+    aligned_rows,
     check_log_normalised,
     close_matches,
     get_matrix,
@@ -570,8 +570,12 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             layer = self.setup_args.get("layer")
             if layer is not None and layer not in adata.layers:
                 layer = None
-        X = align_genes(adata, self.adata_var_names, layer, what="adata_ctrl")
-        check_log_normalised(X, "the input expression")
+        X = aligned_rows(adata, self.adata_var_names, layer, what="adata_ctrl")
+        if hasattr(X.X, "to_memory") or hasattr(X.X, "id"):  # backed: check in chunks
+            for start in range(0, X.shape[0], 20000):
+                check_log_normalised(X.X[start : start + 20000], "the input expression")
+        else:
+            check_log_normalised(X.X, "the input expression")
         return X
 
     def _batches(self, n: int, batch_size: int):
@@ -645,11 +649,14 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             bank = MaskBank.from_dict(self.mask_bank_)
             sampler = CoherentMaskSampler(bank, top_genes, thresholds)
             return [{c: sampler.match(p) for c, p in m.items()} for m in means]
+        n_types = len(self.cell_types_)
+        detected = X.detection_counts(codes, n_types, max(batch_size, 4096))
+        rates = detected / np.maximum(np.bincount(codes, minlength=n_types), 1)[:, None]
         plans = []
         for m in means:
             plan = {}
             for c, p in m.items():
-                q = (X[codes == c] != 0).mean(0)
+                q = rates[c]
                 if reference is not None:
                     p = np.clip(q + p - ref[c], 0.0, 1.0)
                 keep = np.where(q > 0, np.minimum(1.0, p / np.maximum(q, 1e-12)), 0.0)
@@ -891,8 +898,14 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
                 batch_size,
                 control_tokens if residual == "full" and mask == "coupled" else None,
             )
-        blocks: list[list[np.ndarray]] = [[] for _ in perturbations]
-        prob_blocks: list[list[np.ndarray]] = [[] for _ in perturbations]
+        # the output is allocated once and filled batch by batch: peak memory is the output
+        # plus one batch (the input is read in batches, sparse or backed inputs stay so)
+        out_X = np.empty((len(perturbations) * n, self.module.n_genes), dtype=np.float32)
+        out_p = (
+            np.empty((len(perturbations) * n, self.module.n_genes), dtype=np.float32)
+            if return_probabilities
+            else None
+        )
         bar = tqdm(
             total=math.ceil(n / batch_size) * len(perturbations),
             desc="Predicting",
@@ -900,7 +913,8 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         )
         device = self.module.device
         for sl in self._batches(n, batch_size):
-            x = torch.from_numpy(X[sl]).to(device)
+            x_np = X[sl]
+            x = torch.from_numpy(x_np).to(device)
             ct = torch.from_numpy(codes[sl]).to(device)
             if start == "latent":
                 latent = self.module.encode(x, ct, n_steps, generator, depth)
@@ -917,14 +931,16 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
                 if mask == "bernoulli" or return_probabilities:
                     p = self.module.expression_probability(x, ct, **kw)
                     if return_probabilities:
-                        prob_blocks[j].append(p.cpu().numpy())
+                        out_p[j * n + sl.start : j * n + sl.stop] = p.cpu().numpy()
                 if mask == "bernoulli":
                     draw = torch.rand(p.shape, generator=generator).to(device)
                     x_hat = x_hat * (draw < p)
                 elif plans is not None:
-                    keep = self._draw_mask(mask, plans[j], X[sl], codes[sl], generator)
+                    keep = self._draw_mask(mask, plans[j], x_np, codes[sl], generator)
                     x_hat = x_hat * torch.from_numpy(keep).to(device)
-                blocks[j].append((x_hat * self.module.x_max).cpu().numpy())
+                out_X[j * n + sl.start : j * n + sl.stop] = (
+                    (x_hat * self.module.x_max).cpu().numpy()
+                )
                 bar.update(1)
         bar.close()
         self.module.set_extra_molecules(None)
@@ -933,7 +949,7 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         with_dose = self.has_doses or any(d is not None for d in doses)
         dose_column = [np.nan if d is None else d for d in doses]
         out = prediction_anndata(
-            np.concatenate([np.concatenate(b) for b in blocks]),
+            out_X,
             self.adata_var_names,
             perturbation=np.repeat(names, n),
             cell_type=np.tile(ct_names, len(names)),
@@ -957,9 +973,7 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             },
         )
         if return_probabilities:
-            out.layers["expression_probability"] = np.concatenate(
-                [np.concatenate(b) for b in prob_blocks]
-            ).astype(np.float32)
+            out.layers["expression_probability"] = out_p
         return out
 
     # ------------------------------------------------------------------ save / load
