@@ -13,6 +13,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
+from scipy import sparse
 from scvi.data import AnnDataManager
 from scvi.data._constants import _MODEL_NAME_KEY, _SETUP_ARGS_KEY
 from scvi.data.fields import CategoricalObsField, LayerField, NumericalObsField
@@ -148,6 +149,15 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             np.array([",".join(map(str, r.astype(int))) for r in tokens]), cell_type.astype(str)
         )
         condition = np.char.add(condition, dose_labels)
+        # a backed (on-disk) AnnData: the data statistics come from at most
+        # BACKED_CELLS_PER_CONDITION cells of each condition read into memory (x_max from a
+        # pass over all cells); training reads its batches from disk
+        if self.adata.isbacked:
+            keep = _per_condition_sample(condition, BACKED_CELLS_PER_CONDITION)
+            X = _read_rows(X, keep)
+            cell_type, tokens, is_control = cell_type[keep], tokens[keep], is_control[keep]
+            condition, dose_labels = condition[keep], dose_labels[keep]
+            dose = None if dose is None else dose[keep]
         stats = compute_statistics(
             X,
             cell_type,
@@ -161,6 +171,8 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             n_gene_components=n_gene_components,
             coexpression_threshold=coexpression_threshold,
         )
+        if self.adata.isbacked:
+            stats.x_max = _backed_max(manager.get_from_registry(REGISTRY_KEYS.X_KEY))
         labels = np.array([format_tokens(self._row_tokens(r, vocabulary)) for r in tokens])
         labels = np.char.add(labels.astype(str), dose_labels)
         self.mask_bank_ = build_mask_bank(
@@ -474,10 +486,7 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         rows = np.flatnonzero((tokens == PAD).all(1))
         if len(rows) > max_cells:
             rows = np.sort(np.random.default_rng(0).choice(rows, max_cells, replace=False))
-        X = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        if hasattr(X, "to_memory"):
-            X = X.to_memory()
-        sub = X[rows]
+        sub = _read_rows(manager.get_from_registry(REGISTRY_KEYS.X_KEY), rows)
         sub = sub.toarray() if hasattr(sub, "toarray") else np.asarray(sub)
         cell_type = np.asarray(manager.get_from_registry(REGISTRY_KEYS.CELL_TYPE_KEY)).ravel()
         self.module.set_control_bank(
@@ -1111,6 +1120,44 @@ def _suggest(name: str, choices: Sequence[str]) -> str:
     return f". Did you mean {hits}?" if hits else "."
 
 
+BACKED_CHUNK = 20000
+BACKED_CELLS_PER_CONDITION = 500
+
+
+def _per_condition_sample(condition: np.ndarray, max_cells: int, seed: int = 0) -> np.ndarray:
+    """Sorted row indices: all cells of small conditions, ``max_cells`` of the larger ones."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in np.unique(condition):
+        rows = np.flatnonzero(condition == label)
+        if len(rows) > max_cells:
+            rows = rng.choice(rows, max_cells, replace=False)
+        keep.append(rows)
+    return np.sort(np.concatenate(keep))
+
+
+def _read_rows(X, rows: np.ndarray):
+    """Rows of an in-memory or backed matrix (sorted ``rows``), in memory."""
+    if hasattr(X, "to_memory") or hasattr(X, "id"):  # backed sparse or h5py dense
+        chunks = [X[rows[i : i + BACKED_CHUNK]] for i in range(0, len(rows), BACKED_CHUNK)]
+        if not chunks:
+            return X[rows]
+        if sparse.issparse(chunks[0]):
+            return sparse.vstack(chunks).tocsr()
+        return np.concatenate([np.asarray(c) for c in chunks])
+    return X[rows]
+
+
+def _backed_max(X) -> float:
+    """The largest value of a backed matrix, read in chunks of cells."""
+    best = 0.0
+    for start in range(0, X.shape[0], BACKED_CHUNK):
+        chunk = X[start : start + BACKED_CHUNK]
+        if chunk.shape[0]:
+            best = max(best, float(chunk.max()))
+    return best
+
+
 def _validate_setup(
     adata: ad.AnnData,
     perturbation_key: str,
@@ -1124,11 +1171,6 @@ def _validate_setup(
         raise TypeError(f"Expected an AnnData, got {type(adata).__name__}.")
     if adata.n_obs == 0:
         raise ValueError("The AnnData has no cells (n_obs == 0).")
-    if adata.isbacked:
-        raise ValueError(
-            "Training from a backed AnnData (read_h5ad(..., backed='r')) is not supported yet: "
-            "load it with `adata = adata.to_memory()` first. Prediction accepts backed input."
-        )
     if not adata.var_names.is_unique:
         dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
         raise ValueError(
@@ -1179,6 +1221,10 @@ def _validate_setup(
                 f"Cell types without control cells: {lacking}. Every cell type needs controls "
                 "(the model learns its control distribution); drop those cells or add controls."
             )
-    check_log_normalised(
-        get_matrix(adata, layer), "adata.X" if layer is None else f"layer {layer!r}"
-    )
+    X = get_matrix(adata, layer)
+    where = "adata.X" if layer is None else f"layer {layer!r}"
+    if adata.isbacked:  # on disk: check in chunks of cells
+        for start in range(0, adata.n_obs, BACKED_CHUNK):
+            check_log_normalised(X[start : start + BACKED_CHUNK], where)
+    else:
+        check_log_normalised(X, where)
