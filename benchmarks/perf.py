@@ -248,16 +248,19 @@ def ddim_loop_seconds(model, ctrl, pert: str, n_steps: int, batch: int) -> float
 
 
 def denoiser_shapes(module) -> list[tuple[int, int]]:
-    """(in, out) of the Linear layers of ONE denoiser evaluation (the trunk and one head)."""
+    """(in, out) of the per-cell Linear layers of ONE denoiser evaluation (trunk, one head)."""
     from torch import nn
 
     net = module.denoiser if module.share_trunk else module.target_net
-    heads = {id(h) for h in net.heads}
+    # the time MLP runs once per distinct timestep (one row per DDIM step): not per cell
+    heads = {id(h) for h in net.heads} | {id(m) for m in net.time_mlp.modules()}
     shapes = [
         (m.in_features, m.out_features)
         for m in net.modules()
         if isinstance(m, nn.Linear) and id(m) not in heads
     ]
+    if net.use_control_state:  # the control half of the input layer runs once per DDIM run
+        shapes[0] = (shapes[0][0] // 2, shapes[0][1])
     return shapes + [(net.heads[0].in_features, net.heads[0].out_features)]
 
 
@@ -537,7 +540,7 @@ def report(info: dict, cfg: PerfConfig, results: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in results["grid"]:
-        tr, pr = row["train"], row["predict"]
+        tr, pr = row.get("train", {}), row.get("predict", {})
         err = "; ".join(
             f"{k}: {v['error']}" for k, v in (("train", tr), ("predict", pr)) if "error" in v
         )
@@ -579,7 +582,9 @@ def report(info: dict, cfg: PerfConfig, results: dict) -> str:
         ]
     elif bt:
         lines += ["", f"Backed training failed: {bt['error']}"]
-    ratios = results["ratios"]
+    ratios = results.get("ratios")
+    if ratios is None:
+        return "\n".join(lines) + "\n"
     if "error" in ratios:
         lines += ["", f"Ratios failed: {ratios['error']}"]
         return "\n".join(lines) + "\n"
@@ -612,6 +617,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--genes", type=int, nargs="+", help="override the gene counts")
     parser.add_argument("--cells", type=int, nargs="+", help="override the cell counts")
     parser.add_argument("--presets", nargs="+", help="override the presets")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        default=["ratios", "large", "backed", "grid"],
+        choices=["ratios", "large", "backed", "grid"],
+        help="what to measure (default: all)",
+    )
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.phase:
@@ -632,31 +644,40 @@ def main(argv: list[str] | None = None) -> int:
         cfg.presets = args.presets
     command = "python benchmarks/perf.py " + " ".join(argv if argv is not None else sys.argv[1:])
     info = run_info(command.strip())
-    results = {"baseline": run_phase(cfg, "baseline"), "grid": []}
-    for preset in cfg.presets:
-        for n_genes in cfg.genes:
-            for n_cells in cfg.cells:
-                row = {"preset": preset, "n_genes": n_genes, "n_cells": n_cells}
-                for phase in ("train", "predict"):
-                    row[phase] = run_phase(cfg, phase, preset, n_genes, n_cells)
-                    print(json.dumps({**row, "phase": phase}), flush=True)
-                results["grid"].append(row)
-    results["ratios"] = run_phase(cfg, "ratios")
-    print(json.dumps(results["ratios"]), flush=True)
-    results["large_predict"] = run_phase(cfg, "large_predict")
-    print(json.dumps(results["large_predict"]), flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = str(Path(tmp) / "simulated.h5ad")
-        written = run_phase(cfg, "write_h5ad", path)
-        results["backed_train"] = (
-            {**written, **run_phase(cfg, "backed_train", path)}
-            if "error" not in written
-            else written
-        )
-    print(json.dumps(results["backed_train"]), flush=True)
+    results: dict = {"baseline": run_phase(cfg, "baseline"), "grid": []}
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "PERF.md").write_text(report(info, cfg, results))
-    (args.output / "perf.json").write_text(json.dumps({"info": info, **results}, indent=1))
+
+    def write() -> None:  # after every phase: an interrupted run keeps what it measured
+        (args.output / "PERF.md").write_text(report(info, cfg, results))
+        (args.output / "perf.json").write_text(json.dumps({"info": info, **results}, indent=1))
+
+    def record(key: str, value: dict) -> None:
+        results[key] = value
+        print(json.dumps({key: value}), flush=True)
+        write()
+
+    if "ratios" in args.parts:
+        record("ratios", run_phase(cfg, "ratios"))
+    if "large" in args.parts:
+        record("large_predict", run_phase(cfg, "large_predict"))
+    if "backed" in args.parts:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = str(Path(tmp) / "simulated.h5ad")
+            written = run_phase(cfg, "write_h5ad", path)
+            if "error" not in written:
+                written = {**written, **run_phase(cfg, "backed_train", path)}
+            record("backed_train", written)
+    if "grid" in args.parts:
+        for preset in cfg.presets:
+            for n_genes in cfg.genes:
+                for n_cells in cfg.cells:
+                    row = {"preset": preset, "n_genes": n_genes, "n_cells": n_cells}
+                    results["grid"].append(row)
+                    for phase in ("train", "predict"):
+                        row[phase] = run_phase(cfg, phase, preset, n_genes, n_cells)
+                        print(json.dumps({**row, "phase": phase}), flush=True)
+                        write()
+    write()
     print(f"wrote {args.output / 'PERF.md'}")
     return 0
 

@@ -45,3 +45,28 @@ def test_predict_sparse_backed_dense_agree(tiny, tmp_path, mask):
     backed = ad.read_h5ad(path, backed="r")
     np.testing.assert_array_equal(model.predict(backed, [pert, "ctrl"], **kw).X, ref.X)
     assert ref.n_obs == 2 * ctrl.n_obs
+
+
+def test_denoiser_split_input_equals_the_concatenated_layer():
+    import torch
+
+    from scdoloris.module._denoiser import Denoiser, sinusoidal_embedding
+
+    torch.manual_seed(0)
+    net = Denoiser(n_genes=7, n_hidden=16, n_layers=2, n_cond=3, n_heads=2)
+    x, c = torch.randn(5, 7), torch.rand(5, 7)
+    t, cond = torch.tensor([3, 3, 9, 3, 9]), torch.randn(5, 3)
+
+    def reference(control):
+        h = net.input(torch.cat([x, control], -1))
+        emb = net.time_mlp(sinusoidal_embedding(t, 16)) + net.cond_proj(cond)
+        for block in net.blocks:
+            h = block(h, emb)
+        return net.heads[1](torch.nn.functional.silu(net.out_norm(h)))
+
+    with torch.no_grad():
+        expected = reference(c)
+        torch.testing.assert_close(net(x, c, t, cond, head=1), expected)
+        proj = net.project_control(c)
+        torch.testing.assert_close(net(x, c, t, cond, head=1, control_proj=proj), expected)
+        torch.testing.assert_close(net(x, None, t, cond, head=1), reference(torch.zeros_like(c)))
