@@ -141,7 +141,9 @@ class AlignedRows:
         counts = np.zeros((n_groups, self.shape[1]), dtype=np.int64)
         for start in range(0, self.shape[0], batch_size):
             sl = slice(start, min(start + batch_size, self.shape[0]))
-            np.add.at(counts, codes[sl], (self[sl] != 0).astype(np.int64))
+            detected, batch_codes = self[sl] != 0, codes[sl]
+            for c in np.unique(batch_codes):
+                counts[c] += detected[batch_codes == c].sum(0)
         return counts
 
 
