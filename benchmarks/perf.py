@@ -624,6 +624,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=["ratios", "large", "backed", "grid"],
         help="what to measure (default: all)",
     )
+    parser.add_argument(
+        "--append", action="store_true", help="keep the other parts of the existing perf.json"
+    )
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.phase:
@@ -646,6 +649,11 @@ def main(argv: list[str] | None = None) -> int:
     info = run_info(command.strip())
     results: dict = {"baseline": run_phase(cfg, "baseline"), "grid": []}
     args.output.mkdir(parents=True, exist_ok=True)
+    previous = args.output / "perf.json"
+    if args.append and previous.exists():  # keep the parts of an earlier run
+        earlier = json.loads(previous.read_text())
+        results.update({k: v for k, v in earlier.items() if k not in ("info", "baseline")})
+        info["command"] = f"{earlier['info']['command']}; then {info['command']}"
 
     def write() -> None:  # after every phase: an interrupted run keeps what it measured
         (args.output / "PERF.md").write_text(report(info, cfg, results))
