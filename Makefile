@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.docs-installed
 
-.PHONY: venv test lint demo bench bench-tiny docs tutorials clean
+.PHONY: venv test lint demo bench bench-tiny perf perf-quick docs tutorials clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,14 @@ bench: $(STAMP)
 # seconds-long smoke run of the benchmark (CI's configuration), written to a temporary directory
 bench-tiny: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) benchmarks/run.py --tiny
+
+# speed and memory (training and prediction cells/s, peak RSS, ratios) -> benchmarks/PERF.md
+perf: $(STAMP)
+	OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 $(PY) benchmarks/perf.py
+
+# seconds-long smoke run of perf (the CI test's configuration), written to a temporary directory
+perf-quick: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/perf.py --quick -o $$(mktemp -d)
 
 # HTML documentation in docs/_build/html; warnings are errors. Installs the docs extra once.
 $(DOCS_STAMP): $(STAMP) pyproject.toml constraints.txt

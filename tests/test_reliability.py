@@ -137,12 +137,37 @@ def test_backed_anndata_predicts_like_in_memory(tmp_path):
     np.testing.assert_allclose(a.X, b.X, rtol=1e-6, atol=1e-6)
 
 
-def test_backed_anndata_for_training_is_refused_with_the_fix(tmp_path):
+def test_backed_anndata_trains(tmp_path):
+    adata = toy()
+    adata.X = sparse.csr_matrix(adata.X)
+    adata.write_h5ad(tmp_path / "t.h5ad")
+    backed = ad.read_h5ad(tmp_path / "t.h5ad", backed="r")
+    DolorisModel.setup_anndata(backed, perturbation_key="perturbation")
+    model = DolorisModel(backed, n_hidden=16, n_layers=1, n_cond=8, n_mask_hidden=8)
+    model.train(max_epochs=1, max_steps=2, batch_size=16, enable_progress_bar=False)
+    ctrl = adata[adata.obs["perturbation"] == "ctrl"].copy()
+    pred = model.predict(ctrl, "g1", n_steps=2, progress_bar=False)
+    assert np.isfinite(pred.X).all()
+    # with every condition under the subsampling cap the statistics are those of memory
+    DolorisModel.setup_anndata(adata, perturbation_key="perturbation")
+    ref = DolorisModel(adata, n_hidden=16, n_layers=1, n_cond=8, n_mask_hidden=8)
+    for name in ("x_max", "control_mean", "control_std", "token_expressed_effect"):
+        np.testing.assert_allclose(
+            getattr(model.module, name), getattr(ref.module, name), rtol=1e-5, atol=1e-6
+        )
+
+
+def test_backed_anndata_statistics_from_a_per_condition_sample(tmp_path, monkeypatch):
+    import scdoloris.model._doloris as doloris_model
+
+    monkeypatch.setattr(doloris_model, "BACKED_CELLS_PER_CONDITION", 3)
     adata = toy()
     adata.write_h5ad(tmp_path / "t.h5ad")
     backed = ad.read_h5ad(tmp_path / "t.h5ad", backed="r")
-    with pytest.raises(ValueError, match="to_memory"):
-        DolorisModel.setup_anndata(backed, perturbation_key="perturbation")
+    DolorisModel.setup_anndata(backed, perturbation_key="perturbation")
+    model = DolorisModel(backed, n_hidden=16, n_layers=1, n_cond=8, n_mask_hidden=8)
+    assert float(model.module.x_max) == pytest.approx(float(np.asarray(adata.X).max()))
+    model.train(max_epochs=1, max_steps=1, batch_size=16, enable_progress_bar=False)
 
 
 def test_unknown_gene_and_cell_type_are_named():

@@ -110,6 +110,63 @@ def align_genes(
     return X.astype(np.float32, copy=False)
 
 
+class AlignedRows:
+    """Rows of an expression matrix on a fixed gene order, read as dense float32 on demand.
+
+    The matrix stays as it is (dense, sparse or backed on disk): ``rows[sl]`` densifies only
+    the cells of ``sl`` (a slice), so prediction reads large and sparse inputs in batches with
+    memory bounded by the batch.
+    """
+
+    def __init__(self, X, gene_index: np.ndarray):
+        self.X = X
+        self.idx = np.asarray(gene_index)
+        self.identity = bool(
+            len(self.idx) == X.shape[1] and np.array_equal(self.idx, np.arange(X.shape[1]))
+        )
+        self.shape = (X.shape[0], len(self.idx))
+
+    def __getitem__(self, sl: slice) -> np.ndarray:
+        rows = self.X[sl]
+        if not self.identity:
+            rows = rows[:, self.idx]
+        if sparse.issparse(rows):
+            rows = rows.toarray()
+        elif hasattr(rows, "toarray"):  # sparse matrices of backed datasets, old scipy
+            rows = rows.toarray()
+        return np.asarray(rows, dtype=np.float32)
+
+    def detection_counts(self, codes: np.ndarray, n_groups: int, batch_size: int = 4096):
+        """Per group of ``codes``: the number of cells in which each gene is non-zero."""
+        counts = np.zeros((n_groups, self.shape[1]), dtype=np.int64)
+        for start in range(0, self.shape[0], batch_size):
+            sl = slice(start, min(start + batch_size, self.shape[0]))
+            detected, batch_codes = self[sl] != 0, codes[sl]
+            for c in np.unique(batch_codes):
+                counts[c] += detected[batch_codes == c].sum(0)
+        return counts
+
+
+def aligned_rows(
+    adata: ad.AnnData, genes: Sequence[str], layer: str | None = None, what: str = "adata"
+) -> AlignedRows:
+    """Like :func:`align_genes`, without reading the matrix: an :class:`AlignedRows`."""
+    genes = pd.Index(genes)
+    if not adata.var_names.is_unique:
+        dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
+        raise ValueError(
+            f"{what}.var_names has duplicates (e.g. {dup}). Run `{what}.var_names_make_unique()`."
+        )
+    missing = genes.difference(adata.var_names)
+    if len(missing) > 0:
+        raise ValueError(
+            f"{what} lacks {len(missing)} of the model's {len(genes)} genes, e.g. "
+            f"{missing[:10].tolist()}. Predict from cells measured on the training genes "
+            "(subset or reindex the input to the model's var_names)."
+        )
+    return AlignedRows(get_matrix(adata, layer), adata.var_names.get_indexer(genes))
+
+
 def close_matches(name: str, choices: Sequence[str], n: int = 3) -> list[str]:
     """Up to ``n`` close spellings of ``name`` among ``choices`` (case-insensitive)."""
     lower = {str(c).lower(): str(c) for c in choices}

@@ -13,6 +13,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
+from scipy import sparse
 from scvi.data import AnnDataManager
 from scvi.data._constants import _MODEL_NAME_KEY, _SETUP_ARGS_KEY
 from scvi.data.fields import CategoricalObsField, LayerField, NumericalObsField
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from .._anndata_utils import (
-    align_genes,
+    aligned_rows,
     check_log_normalised,
     close_matches,
     get_matrix,
@@ -148,6 +149,15 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             np.array([",".join(map(str, r.astype(int))) for r in tokens]), cell_type.astype(str)
         )
         condition = np.char.add(condition, dose_labels)
+        # a backed (on-disk) AnnData: the data statistics come from at most
+        # BACKED_CELLS_PER_CONDITION cells of each condition read into memory (x_max from a
+        # pass over all cells); training reads its batches from disk
+        if self.adata.isbacked:
+            keep = _per_condition_sample(condition, BACKED_CELLS_PER_CONDITION)
+            X = _read_rows(X, keep)
+            cell_type, tokens, is_control = cell_type[keep], tokens[keep], is_control[keep]
+            condition, dose_labels = condition[keep], dose_labels[keep]
+            dose = None if dose is None else dose[keep]
         stats = compute_statistics(
             X,
             cell_type,
@@ -161,6 +171,8 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             n_gene_components=n_gene_components,
             coexpression_threshold=coexpression_threshold,
         )
+        if self.adata.isbacked:
+            stats.x_max = _backed_max(manager.get_from_registry(REGISTRY_KEYS.X_KEY))
         labels = np.array([format_tokens(self._row_tokens(r, vocabulary)) for r in tokens])
         labels = np.char.add(labels.astype(str), dose_labels)
         self.mask_bank_ = build_mask_bank(
@@ -474,10 +486,7 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         rows = np.flatnonzero((tokens == PAD).all(1))
         if len(rows) > max_cells:
             rows = np.sort(np.random.default_rng(0).choice(rows, max_cells, replace=False))
-        X = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        if hasattr(X, "to_memory"):
-            X = X.to_memory()
-        sub = X[rows]
+        sub = _read_rows(manager.get_from_registry(REGISTRY_KEYS.X_KEY), rows)
         sub = sub.toarray() if hasattr(sub, "toarray") else np.asarray(sub)
         cell_type = np.asarray(manager.get_from_registry(REGISTRY_KEYS.CELL_TYPE_KEY)).ravel()
         self.module.set_control_bank(
@@ -570,8 +579,12 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             layer = self.setup_args.get("layer")
             if layer is not None and layer not in adata.layers:
                 layer = None
-        X = align_genes(adata, self.adata_var_names, layer, what="adata_ctrl")
-        check_log_normalised(X, "the input expression")
+        X = aligned_rows(adata, self.adata_var_names, layer, what="adata_ctrl")
+        if hasattr(X.X, "to_memory") or hasattr(X.X, "id"):  # backed: check in chunks
+            for start in range(0, X.shape[0], 20000):
+                check_log_normalised(X.X[start : start + 20000], "the input expression")
+        else:
+            check_log_normalised(X.X, "the input expression")
         return X
 
     def _batches(self, n: int, batch_size: int):
@@ -645,11 +658,14 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             bank = MaskBank.from_dict(self.mask_bank_)
             sampler = CoherentMaskSampler(bank, top_genes, thresholds)
             return [{c: sampler.match(p) for c, p in m.items()} for m in means]
+        n_types = len(self.cell_types_)
+        detected = X.detection_counts(codes, n_types, max(batch_size, 4096))
+        rates = detected / np.maximum(np.bincount(codes, minlength=n_types), 1)[:, None]
         plans = []
         for m in means:
             plan = {}
             for c, p in m.items():
-                q = (X[codes == c] != 0).mean(0)
+                q = rates[c]
                 if reference is not None:
                     p = np.clip(q + p - ref[c], 0.0, 1.0)
                 keep = np.where(q > 0, np.minimum(1.0, p / np.maximum(q, 1e-12)), 0.0)
@@ -891,8 +907,14 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
                 batch_size,
                 control_tokens if residual == "full" and mask == "coupled" else None,
             )
-        blocks: list[list[np.ndarray]] = [[] for _ in perturbations]
-        prob_blocks: list[list[np.ndarray]] = [[] for _ in perturbations]
+        # the output is allocated once and filled batch by batch: peak memory is the output
+        # plus one batch (the input is read in batches, sparse or backed inputs stay so)
+        out_X = np.empty((len(perturbations) * n, self.module.n_genes), dtype=np.float32)
+        out_p = (
+            np.empty((len(perturbations) * n, self.module.n_genes), dtype=np.float32)
+            if return_probabilities
+            else None
+        )
         bar = tqdm(
             total=math.ceil(n / batch_size) * len(perturbations),
             desc="Predicting",
@@ -900,7 +922,8 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         )
         device = self.module.device
         for sl in self._batches(n, batch_size):
-            x = torch.from_numpy(X[sl]).to(device)
+            x_np = X[sl]
+            x = torch.from_numpy(x_np).to(device)
             ct = torch.from_numpy(codes[sl]).to(device)
             if start == "latent":
                 latent = self.module.encode(x, ct, n_steps, generator, depth)
@@ -917,14 +940,16 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
                 if mask == "bernoulli" or return_probabilities:
                     p = self.module.expression_probability(x, ct, **kw)
                     if return_probabilities:
-                        prob_blocks[j].append(p.cpu().numpy())
+                        out_p[j * n + sl.start : j * n + sl.stop] = p.cpu().numpy()
                 if mask == "bernoulli":
                     draw = torch.rand(p.shape, generator=generator).to(device)
                     x_hat = x_hat * (draw < p)
                 elif plans is not None:
-                    keep = self._draw_mask(mask, plans[j], X[sl], codes[sl], generator)
+                    keep = self._draw_mask(mask, plans[j], x_np, codes[sl], generator)
                     x_hat = x_hat * torch.from_numpy(keep).to(device)
-                blocks[j].append((x_hat * self.module.x_max).cpu().numpy())
+                out_X[j * n + sl.start : j * n + sl.stop] = (
+                    (x_hat * self.module.x_max).cpu().numpy()
+                )
                 bar.update(1)
         bar.close()
         self.module.set_extra_molecules(None)
@@ -933,7 +958,7 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         with_dose = self.has_doses or any(d is not None for d in doses)
         dose_column = [np.nan if d is None else d for d in doses]
         out = prediction_anndata(
-            np.concatenate([np.concatenate(b) for b in blocks]),
+            out_X,
             self.adata_var_names,
             perturbation=np.repeat(names, n),
             cell_type=np.tile(ct_names, len(names)),
@@ -957,9 +982,7 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             },
         )
         if return_probabilities:
-            out.layers["expression_probability"] = np.concatenate(
-                [np.concatenate(b) for b in prob_blocks]
-            ).astype(np.float32)
+            out.layers["expression_probability"] = out_p
         return out
 
     # ------------------------------------------------------------------ save / load
@@ -1097,6 +1120,44 @@ def _suggest(name: str, choices: Sequence[str]) -> str:
     return f". Did you mean {hits}?" if hits else "."
 
 
+BACKED_CHUNK = 20000
+BACKED_CELLS_PER_CONDITION = 500
+
+
+def _per_condition_sample(condition: np.ndarray, max_cells: int, seed: int = 0) -> np.ndarray:
+    """Sorted row indices: all cells of small conditions, ``max_cells`` of the larger ones."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in np.unique(condition):
+        rows = np.flatnonzero(condition == label)
+        if len(rows) > max_cells:
+            rows = rng.choice(rows, max_cells, replace=False)
+        keep.append(rows)
+    return np.sort(np.concatenate(keep))
+
+
+def _read_rows(X, rows: np.ndarray):
+    """Rows of an in-memory or backed matrix (sorted ``rows``), in memory."""
+    if hasattr(X, "to_memory") or hasattr(X, "id"):  # backed sparse or h5py dense
+        chunks = [X[rows[i : i + BACKED_CHUNK]] for i in range(0, len(rows), BACKED_CHUNK)]
+        if not chunks:
+            return X[rows]
+        if sparse.issparse(chunks[0]):
+            return sparse.vstack(chunks).tocsr()
+        return np.concatenate([np.asarray(c) for c in chunks])
+    return X[rows]
+
+
+def _backed_max(X) -> float:
+    """The largest value of a backed matrix, read in chunks of cells."""
+    best = 0.0
+    for start in range(0, X.shape[0], BACKED_CHUNK):
+        chunk = X[start : start + BACKED_CHUNK]
+        if chunk.shape[0]:
+            best = max(best, float(chunk.max()))
+    return best
+
+
 def _validate_setup(
     adata: ad.AnnData,
     perturbation_key: str,
@@ -1110,11 +1171,6 @@ def _validate_setup(
         raise TypeError(f"Expected an AnnData, got {type(adata).__name__}.")
     if adata.n_obs == 0:
         raise ValueError("The AnnData has no cells (n_obs == 0).")
-    if adata.isbacked:
-        raise ValueError(
-            "Training from a backed AnnData (read_h5ad(..., backed='r')) is not supported yet: "
-            "load it with `adata = adata.to_memory()` first. Prediction accepts backed input."
-        )
     if not adata.var_names.is_unique:
         dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
         raise ValueError(
@@ -1165,6 +1221,10 @@ def _validate_setup(
                 f"Cell types without control cells: {lacking}. Every cell type needs controls "
                 "(the model learns its control distribution); drop those cells or add controls."
             )
-    check_log_normalised(
-        get_matrix(adata, layer), "adata.X" if layer is None else f"layer {layer!r}"
-    )
+    X = get_matrix(adata, layer)
+    where = "adata.X" if layer is None else f"layer {layer!r}"
+    if adata.isbacked:  # on disk: check in chunks of cells
+        for start in range(0, adata.n_obs, BACKED_CHUNK):
+            check_log_normalised(X[start : start + BACKED_CHUNK], where)
+    else:
+        check_log_normalised(X, where)

@@ -93,6 +93,22 @@ class Denoiser(nn.Module):
         self.out_norm = nn.LayerNorm(n_hidden)
         self.heads = nn.ModuleList([nn.Linear(n_hidden, n_genes) for _ in range(n_heads)])
 
+    def project_control(self, control_state: torch.Tensor | None) -> torch.Tensor:
+        """The input layer's part from the control state, with its bias (bias alone for None)."""
+        if control_state is None:
+            return self.input.bias
+        n_genes = control_state.shape[-1]
+        weight = self.input.weight[:, n_genes:]
+        return nn.functional.linear(control_state, weight, self.input.bias)
+
+    def _time_embedding(self, t: torch.Tensor) -> torch.Tensor:
+        """The time MLP, run once per distinct timestep (DDIM: one row for the whole batch)."""
+        if t.numel() > 1:
+            steps, inverse = torch.unique(t, return_inverse=True)
+            if steps.numel() < t.numel():
+                return self.time_mlp(sinusoidal_embedding(steps, self.n_hidden))[inverse]
+        return self.time_mlp(sinusoidal_embedding(t, self.n_hidden))
+
     def forward(
         self,
         x_t: torch.Tensor,
@@ -100,13 +116,18 @@ class Denoiser(nn.Module):
         t: torch.Tensor,
         cond: torch.Tensor,
         head: int = 0,
+        control_proj: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if self.use_control_state:
-            if control_state is None:
-                control_state = torch.zeros_like(x_t)
-            x_t = torch.cat([x_t, control_state], dim=-1)
-        h = self.input(x_t)
-        c = self.time_mlp(sinusoidal_embedding(t, self.n_hidden)) + self.cond_proj(cond)
+            # input([x_t, control_state]) as two matmuls: no FLOPs on the zeros of the source
+            # model, and a DDIM run passes the control half once (``project_control``)
+            if control_proj is None:
+                control_proj = self.project_control(control_state)
+            weight = self.input.weight[:, : x_t.shape[-1]]
+            h = nn.functional.linear(x_t, weight) + control_proj
+        else:
+            h = self.input(x_t)
+        c = self._time_embedding(t) + self.cond_proj(cond)
         for block in self.blocks:
             h = block(h, c)
         return self.heads[head](nn.functional.silu(self.out_norm(h)))

@@ -443,12 +443,13 @@ class DolorisModule(BaseModuleClass):
         return list(self.mask_condition.parameters()) + list(self.mask_net.parameters())
 
     # ------------------------------------------------------------------ networks
-    def _x0_hat(self, net, x_t, control_state, t, cond, head):
+    def _x0_hat(self, net, x_t, control_state, t, cond, head, control_proj=None):
         """x0 prediction with EDM preconditioning (see :func:`preconditioning`)."""
         alpha_bar = self.schedule.alpha_bar[t].unsqueeze(-1)
         c_in, c_skip, c_out = preconditioning(alpha_bar, self.sigma_data)
         y = x_t / alpha_bar.sqrt()
-        return c_skip * y + c_out * net(c_in * y, control_state, t, cond, head=head)
+        out = net(c_in * y, control_state, t, cond, head=head, control_proj=control_proj)
+        return c_skip * y + c_out * out
 
     def source(self, x_t, t, cond):
         """The source model's x0 prediction (control cells)."""
@@ -456,11 +457,20 @@ class DolorisModule(BaseModuleClass):
             return self._x0_hat(self.denoiser, x_t, None, t, cond, head=0)
         return self._x0_hat(self.source_net, x_t, None, t, cond, head=0)
 
-    def target(self, x_t, control_state, t, cond):
-        """The target model's x0 prediction (perturbed cells)."""
-        if self.share_trunk:
-            return self._x0_hat(self.denoiser, x_t, control_state, t, cond, head=1)
-        return self._x0_hat(self.target_net, x_t, control_state, t, cond, head=0)
+    def target(self, x_t, control_state, t, cond, control_proj=None):
+        """The target model's x0 prediction (perturbed cells).
+
+        ``control_proj``: :meth:`target_control_projection` of ``control_state``, computed once
+        for a DDIM run (the control state does not change along it).
+        """
+        net = self.denoiser if self.share_trunk else self.target_net
+        head = 1 if self.share_trunk else 0
+        return self._x0_hat(net, x_t, control_state, t, cond, head, control_proj)
+
+    def target_control_projection(self, control_state):
+        """The target network's input-layer part from the control state (None without it)."""
+        net = self.denoiser if self.share_trunk else self.target_net
+        return net.project_control(control_state) if net.use_control_state else None
 
     def token_indices(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training-vocabulary indices (float obsm values) to (vocab_idx, node_idx)."""
@@ -676,10 +686,11 @@ class DolorisModule(BaseModuleClass):
         vocab_idx, node_idx, mol_idx, dose = self.dosed_tokens(vocab_idx, node_idx, mol_idx, dose)
         cond = self._conditions(self.condition, cell_type, vocab_idx, node_idx, mol_idx, dose)
         control_state = control / self.x_max
+        control_proj = self.target_control_projection(control_state)
 
         def x0_fn(x_t, t):
             tt = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
-            return self.target(x_t, control_state, tt, cond)
+            return self.target(x_t, control_state, tt, cond, control_proj)
 
         ts = ddim_timesteps(self.schedule.n_timesteps, n_steps, 0, self._t_end(depth))
         x0c = ddim_decode(latent, x0_fn, self.schedule.alpha_bar, ts)

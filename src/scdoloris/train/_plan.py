@@ -53,6 +53,19 @@ class DolorisTrainingPlan(TrainingPlan):
         self.mask_weight_decay = mask_weight_decay
         self.stage = stage
 
+    @torch.no_grad()
+    def compute_and_log_metrics(self, loss_output, metrics, mode: str):
+        """scvi-tools' metric logging, under ``no_grad`` instead of ``inference_mode``.
+
+        Under ``inference_mode`` Lightning creates its metric state as inference tensors, and
+        with a DDP strategy (``devices=N``) their in-place sync across processes at the end of
+        the epoch fails ("Inplace update to inference tensor outside InferenceMode").
+        """
+        log = getattr(TrainingPlan.compute_and_log_metrics, "__wrapped__", None)
+        if log is None:  # not decorated in this scvi-tools version
+            return super().compute_and_log_metrics(loss_output, metrics, mode)
+        return log(self, loss_output, metrics, mode)
+
     def configure_optimizers(self):
         groups = []
         if self.stage in ("all", "diffusion"):

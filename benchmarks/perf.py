@@ -1,0 +1,694 @@
+"""Speed and memory of scdoloris on this machine; writes benchmarks/PERF.md (issue #9).
+
+Usage::
+
+    make perf                                   # full configuration (long on a 2-core CPU)
+    python benchmarks/perf.py --quick -o /tmp/x  # seconds: the CI smoke configuration
+
+What is measured, per (preset, n_genes, n_cells):
+
+* training throughput: cells/s of ``model.train(max_steps=warmup + timed)``, timed by a Lightning
+  callback over the ``timed`` steps after ``warmup`` steps (data loading, forward, backward
+  and the optimiser step; not setup or the control bank);
+* prediction throughput: cells/s of ``model.predict`` with 50 + 50 DDIM steps (encode, decode),
+  the coupled mask and ``residual="none"`` on ``n_predict`` control cells, and of the bare DDIM
+  loop (``module.encode`` + ``module.decode``) on the same cells;
+* peak memory: the peak resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``,
+  which covers numpy and torch CPU allocations) of a fresh process that builds the data and
+  runs ONE phase (training or prediction); the RSS of a process that only imported scdoloris
+  and torch is reported as the baseline.
+
+Data: ``simulate()`` of ``min(n_cells, base_cells)`` cells at ``n_genes``, log-normalised,
+whose cells are then resampled with replacement to ``n_cells`` (simulating 100k cells x 5000
+genes directly takes far longer than the measurements; resampled cells keep the data's
+sparsity, which is all that matters for speed and memory).
+
+Ratios, measured in the same run:
+
+(a) the gene-graph network run once per training step (scdoloris) against once per cell of the
+    batch (the authors' formulation), at 5000 genes and batch 32: time of one training step
+    (forward + backward) with the graph network's node embeddings computed once, and with them
+    computed ``batch`` times (each cell's own pass, all in the autograd graph);
+(b) the prediction loop's achieved FLOP/s against this machine's dense matmul FLOP/s: the
+    denoiser's matmul FLOPs per DDIM step are counted from its layer shapes
+    (``2 * batch * in * out`` per Linear); the loop is ``module.encode`` + ``module.decode``
+    at 2000 genes; the matmul reference is ``torch.nn.functional.linear`` on the same shapes
+    (the best any implementation of this network could reach) and a large square matmul.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+
+
+@dataclass
+class PerfConfig:
+    genes: list[int] = field(default_factory=lambda: [500, 2000, 5000])
+    cells: list[int] = field(default_factory=lambda: [10_000, 100_000])
+    presets: list[str] = field(default_factory=lambda: ["default", "paper"])
+    base_cells: int = 4000
+    batch_size: int = 128
+    warmup_steps: int = 5
+    timed_steps: int = 20
+    n_predict: int = 256
+    predict_batch: int = 512
+    n_steps: int = 50
+    ratio_genes: int = 5000
+    ratio_batch: int = 32
+    ratio_repeats: int = 3
+    flops_genes: int = 2000
+    flops_batch: int = 512
+    flops_n_steps: int = 10
+    square: int = 2048
+    large_cells: int = 100_000
+    large_genes: int = 2000
+    large_n_steps: int = 2
+    backed_cells: int = 100_000
+    backed_genes: int = 2000
+    quick: bool = False
+
+
+QUICK = PerfConfig(
+    genes=[50],
+    cells=[300],
+    presets=["default"],
+    base_cells=300,
+    batch_size=32,
+    warmup_steps=1,
+    timed_steps=2,
+    n_predict=32,
+    predict_batch=32,
+    n_steps=2,
+    ratio_genes=50,
+    ratio_batch=4,
+    ratio_repeats=1,
+    flops_genes=50,
+    flops_batch=32,
+    flops_n_steps=2,
+    square=128,
+    large_cells=500,
+    large_genes=50,
+    large_n_steps=1,
+    backed_cells=400,
+    backed_genes=50,
+    quick=True,
+)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB (Linux reports KiB)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1024 if sys.platform != "darwin" else rss / 2**20
+
+
+# ---------------------------------------------------------------------------------- data
+def make_data(n_cells: int, n_genes: int, base_cells: int, seed: int = 0):
+    """Simulated, log-normalised cells; resampled (with replacement) to ``n_cells``."""
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+    import scanpy as sc
+    from scipy import sparse
+
+    from scdoloris.datasets import simulate
+
+    adata = simulate(n_cells=min(n_cells, base_cells), n_genes=n_genes, seed=seed)
+    adata.X = sparse.csr_matrix(adata.X, dtype=np.float32)
+    sc.pp.normalize_total(adata)
+    sc.pp.log1p(adata)
+    if adata.n_obs < n_cells:
+        rows = np.sort(np.random.default_rng(seed).choice(adata.n_obs, n_cells, replace=True))
+        obs_names = [f"{adata.obs_names[r]}-{i}" for i, r in enumerate(rows)]
+        adata = ad.AnnData(
+            adata.X[rows],
+            adata.obs.iloc[rows].set_index(pd.Index(obs_names)),
+            adata.var,
+            uns=adata.uns,
+        )
+    return adata
+
+
+def build_model(adata, preset: str):
+    from scdoloris import DolorisModel
+
+    DolorisModel.setup_anndata(adata, perturbation_key="perturbation", control_group="ctrl")
+    return DolorisModel(adata, preset=preset)
+
+
+def controls(adata, n: int):
+    ctrl = adata[adata.obs["perturbation"] == "ctrl"]
+    return ctrl[:n].copy()
+
+
+def a_perturbation(adata) -> str:
+    return next(p for p in adata.obs["perturbation"].unique() if p != "ctrl" and "+" not in p)
+
+
+# ---------------------------------------------------------------------------------- phases
+def timed_training(model, cfg: PerfConfig) -> float:
+    """Seconds of ``timed_steps`` training steps after ``warmup_steps`` (Lightning callback)."""
+    import lightning.pytorch as pl
+
+    class StepTimer(pl.Callback):
+        def __init__(self):
+            self.start = None
+            self.end = None
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if trainer.global_step == cfg.warmup_steps:
+                self.start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            self.end = time.perf_counter()
+
+    timer = StepTimer()
+    n_steps = cfg.warmup_steps + cfg.timed_steps
+    model.train(
+        max_epochs=10_000,
+        max_steps=n_steps,
+        batch_size=cfg.batch_size,
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        callbacks=[timer],
+    )
+    return timer.end - timer.start
+
+
+def phase_train(cfg: PerfConfig, preset: str, n_genes: int, n_cells: int) -> dict:
+    t0 = time.perf_counter()
+    adata = make_data(n_cells, n_genes, cfg.base_cells)
+    data_s = time.perf_counter() - t0
+    model = build_model(adata, preset)
+    seconds = timed_training(model, cfg)
+    return {
+        "train_cells_per_s": cfg.timed_steps * cfg.batch_size / seconds,
+        "train_step_ms": 1000 * seconds / cfg.timed_steps,
+        "data_s": data_s,
+        "n_params": sum(p.numel() for p in model.module.parameters()),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def phase_predict(cfg: PerfConfig, preset: str, n_genes: int, n_cells: int) -> dict:
+    adata = make_data(n_cells, n_genes, cfg.base_cells)
+    model = build_model(adata, preset)
+    model.is_trained_ = True  # speed does not depend on the weights
+    model.module.eval()
+    ctrl = controls(adata, cfg.n_predict)
+    pert = a_perturbation(adata)
+    kw = {"n_steps": cfg.n_steps, "batch_size": cfg.predict_batch, "progress_bar": False}
+    model.predict(ctrl[: min(8, ctrl.n_obs)], pert, residual="none", **kw)  # warm-up
+    t0 = time.perf_counter()
+    model.predict(ctrl, pert, residual="none", **kw)
+    predict_s = time.perf_counter() - t0
+    loop_s = ddim_loop_seconds(model, ctrl, pert, cfg.n_steps, cfg.predict_batch)
+    return {
+        "predict_cells_per_s": ctrl.n_obs / predict_s,
+        "ddim_loop_cells_per_s": ctrl.n_obs / loop_s,
+        "n_predicted": ctrl.n_obs,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def ddim_loop_seconds(model, ctrl, pert: str, n_steps: int, batch: int) -> float:
+    """Seconds of module.encode + module.decode over ``ctrl`` (the bare prediction loop)."""
+    import numpy as np
+    import torch
+
+    module = model.module
+    X = np.asarray(ctrl.X.toarray() if hasattr(ctrl.X, "toarray") else ctrl.X, np.float32)
+    indices = model._token_indices(tuple(pert.split("+")))
+    cond = model._condition_tensors(indices, None, X.shape[0])
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for start in range(0, X.shape[0], batch):
+            sl = slice(start, min(start + batch, X.shape[0]))
+            x = torch.from_numpy(X[sl])
+            ct = torch.zeros(x.shape[0], dtype=torch.long)
+            latent = module.encode(x, ct, n_steps)
+            module.decode(latent, x, ct, n_steps=n_steps, **model._slice_condition(cond, sl, "cpu"))
+    return time.perf_counter() - t0
+
+
+def denoiser_shapes(module) -> list[tuple[int, int]]:
+    """(in, out) of the per-cell Linear layers of ONE denoiser evaluation (trunk, one head)."""
+    from torch import nn
+
+    net = module.denoiser if module.share_trunk else module.target_net
+    # the time MLP runs once per distinct timestep (one row per DDIM step): not per cell
+    heads = {id(h) for h in net.heads} | {id(m) for m in net.time_mlp.modules()}
+    shapes = [
+        (m.in_features, m.out_features)
+        for m in net.modules()
+        if isinstance(m, nn.Linear) and id(m) not in heads
+    ]
+    if net.use_control_state:  # the control half of the input layer runs once per DDIM run
+        shapes[0] = (shapes[0][0] // 2, shapes[0][1])
+    return shapes + [(net.heads[0].in_features, net.heads[0].out_features)]
+
+
+def phase_ratios(cfg: PerfConfig) -> dict:
+    import torch
+
+    out = {}
+    # (a) the gene-graph network: once per step against once per cell of the batch
+    n = 300 if cfg.quick else 2000
+    adata = make_data(n, cfg.ratio_genes, n)
+    model = build_model(adata, "default")
+    model._fill_control_bank()
+    module = model.module
+    module.train()
+    loader = model._make_data_loader(adata=adata, batch_size=cfg.ratio_batch, shuffle=True)
+    tensors = next(iter(loader))
+    encoders = [module.condition.perturbation, module.mask_condition.perturbation]
+    originals = [enc.node_embeddings for enc in encoders]
+
+    def step():
+        module.zero_grad(set_to_none=True)
+        _, _, loss = module(tensors)
+        loss.loss.backward()
+
+    def timed(repeats: int) -> float:
+        step()
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            step()
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    once = timed(cfg.ratio_repeats)
+    for enc, orig in zip(encoders, originals, strict=True):
+        # the authors' formulation: one graph pass per cell of the batch (all in autograd)
+        enc.node_embeddings = lambda orig=orig: torch.stack(
+            [orig() for _ in range(cfg.ratio_batch)]
+        ).mean(0)
+    per_cell = timed(cfg.ratio_repeats)
+    for enc in encoders:
+        del enc.node_embeddings
+    out["graph"] = {
+        "n_genes": cfg.ratio_genes,
+        "batch": cfg.ratio_batch,
+        "n_nodes": int(module.condition.perturbation.node_features.shape[0]),
+        "n_edges": int(module.condition.perturbation.edge_index.shape[1]),
+        "step_once_ms": 1000 * once,
+        "step_per_cell_ms": 1000 * per_cell,
+        "ratio": per_cell / once,
+    }
+    del model, module, adata
+
+    # (b) prediction loop FLOP/s against matmul FLOP/s
+    adata = make_data(cfg.flops_batch * 2, cfg.flops_genes, cfg.flops_batch * 2)
+    model = build_model(adata, "default")
+    model.is_trained_ = True
+    model.module.eval()
+    ctrl = controls(adata, cfg.flops_batch)
+    while ctrl.n_obs < cfg.flops_batch:  # tile the controls up to one full batch
+        import anndata as ad
+
+        ctrl = ad.concat([ctrl, ctrl])[: cfg.flops_batch].copy()
+    pert = a_perturbation(adata)
+    ddim_loop_seconds(model, ctrl[:8], pert, 1, cfg.flops_batch)  # warm-up
+    loop_s = min(
+        ddim_loop_seconds(model, ctrl, pert, cfg.flops_n_steps, cfg.flops_batch)
+        for _ in range(cfg.ratio_repeats)
+    )
+    module = model.module
+    n_eval = 2 * cfg.flops_n_steps  # encode and decode: one denoiser evaluation per step
+    shapes = denoiser_shapes(module)
+    loop_flops = n_eval * sum(2.0 * cfg.flops_batch * i * o for i, o in shapes)
+    achieved = loop_flops / loop_s
+    # matmul references: the same Linear shapes, and a large square matmul
+    weights = [(torch.randn(cfg.flops_batch, i), torch.randn(o, i)) for i, o in shapes]
+    reps = max(3, cfg.flops_n_steps)
+    with torch.inference_mode():
+        for a, w in weights:
+            torch.nn.functional.linear(a, w)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            for a, w in weights:
+                torch.nn.functional.linear(a, w)
+        shape_s = (time.perf_counter() - t0) / reps
+        shape_flops = sum(2.0 * a.shape[0] * w.shape[0] * w.shape[1] for a, w in weights)
+        sq = torch.randn(cfg.square, cfg.square)
+        sq @ sq
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            sq @ sq
+        square_s = (time.perf_counter() - t0) / reps
+    square_flops = 2.0 * cfg.square**3 / square_s
+    out["flops"] = {
+        "n_genes": cfg.flops_genes,
+        "batch": cfg.flops_batch,
+        "n_steps": cfg.flops_n_steps,
+        "loop_gflops": achieved / 1e9,
+        "linear_shapes_gflops": shape_flops / shape_s / 1e9,
+        "square_gflops": square_flops / 1e9,
+        "ratio_vs_shapes": achieved / (shape_flops / shape_s),
+        "ratio_vs_square": achieved / square_flops,
+    }
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def phase_large_predict(cfg: PerfConfig) -> dict:
+    """Peak RSS of predicting ``large_cells`` control cells (sparse input) in one call.
+
+    The input is the simulated control cells resampled to ``large_cells``; memory does not
+    depend on the number of DDIM steps, so ``large_n_steps`` keeps the run short.
+    """
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    adata = make_data(cfg.base_cells, cfg.large_genes, cfg.base_cells)
+    model = build_model(adata, "default")
+    model.is_trained_ = True
+    model.module.eval()
+    pert = a_perturbation(adata)
+    ctrl = adata[adata.obs["perturbation"] == "ctrl"]
+    rows = np.random.default_rng(0).choice(ctrl.n_obs, cfg.large_cells, replace=True)
+    obs = ctrl.obs.iloc[rows].set_index(pd.Index([f"c{i}" for i in range(len(rows))]))
+    big = ad.AnnData(ctrl.X[rows], obs, ctrl.var)
+    del adata
+    input_mb = (big.X.data.nbytes + big.X.indices.nbytes + big.X.indptr.nbytes) / 2**20
+    rss_before = peak_rss_mb()
+    t0 = time.perf_counter()
+    pred = model.predict(
+        big,
+        pert,
+        n_steps=cfg.large_n_steps,
+        batch_size=cfg.predict_batch,
+        residual="none",
+        progress_bar=False,
+    )
+    seconds = time.perf_counter() - t0
+    return {
+        "n_cells": big.n_obs,
+        "n_genes": cfg.large_genes,
+        "n_steps": cfg.large_n_steps,
+        "seconds": seconds,
+        "input_mb": input_mb,
+        "output_mb": pred.X.nbytes / 2**20,
+        "peak_rss_before_mb": rss_before,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def phase_write_h5ad(cfg: PerfConfig, path: str) -> dict:
+    """Write the simulated ``backed_cells`` x ``backed_genes`` data set (sparse X) to ``path``."""
+    adata = make_data(cfg.backed_cells, cfg.backed_genes, cfg.base_cells)
+    adata.write_h5ad(path)
+    return {"file_mb": Path(path).stat().st_size / 2**20, "nnz": int(adata.X.nnz)}
+
+
+def phase_backed_train(cfg: PerfConfig, path: str) -> dict:
+    """Train from the file opened backed: peak RSS and cells/s (default preset)."""
+    import anndata as ad
+
+    adata = ad.read_h5ad(path, backed="r")
+    t0 = time.perf_counter()
+    model = build_model(adata, "default")
+    setup_s = time.perf_counter() - t0
+    seconds = timed_training(model, cfg)
+    return {
+        "n_cells": adata.n_obs,
+        "n_genes": adata.n_vars,
+        "setup_s": setup_s,
+        "train_cells_per_s": cfg.timed_steps * cfg.batch_size / seconds,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def phase_baseline(cfg: PerfConfig) -> dict:
+    import torch  # noqa: F401
+
+    import scdoloris  # noqa: F401
+
+    return {"peak_rss_mb": peak_rss_mb()}
+
+
+PHASES = {
+    "baseline": phase_baseline,
+    "train": phase_train,
+    "predict": phase_predict,
+    "ratios": phase_ratios,
+    "large_predict": phase_large_predict,
+    "write_h5ad": phase_write_h5ad,
+    "backed_train": phase_backed_train,
+}
+
+
+# ---------------------------------------------------------------------------------- driver
+def run_phase(cfg: PerfConfig, name: str, *args) -> dict:
+    """Run one phase in a fresh process (its own peak RSS) and return its JSON result."""
+    payload = json.dumps({"cfg": asdict(cfg), "phase": name, "args": list(args)})
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--phase", payload],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=True, timeout=30
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def run_info(command: str) -> dict:
+    import torch
+
+    commit = _git("rev-parse", "--short", "HEAD") or "unknown"
+    if _git("status", "--porcelain"):
+        commit += "+dirty"
+    return {
+        "command": command,
+        "commit": commit,
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": (
+            f"{platform.platform()}; CPU {_cpu_model()}; {os.cpu_count()} cores; "
+            f"torch {torch.__version__} with {torch.get_num_threads()} thread(s)"
+        ),
+    }
+
+
+def _fmt(value, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def report(info: dict, cfg: PerfConfig, results: dict) -> str:
+    lines = [
+        "# scdoloris speed and memory" + (" (QUICK smoke configuration)" if cfg.quick else ""),
+        "",
+        "Generated by `benchmarks/perf.py` (see its docstring for what is measured). "
+        "Do not edit by hand.",
+        "",
+        f"- Command: `{info['command']}`",
+        f"- Commit: `{info['commit']}`",
+        f"- Date: {info['date']}",
+        f"- Machine: {info['machine']}",
+        f"- Settings: batch {cfg.batch_size}, {cfg.warmup_steps} warm-up + {cfg.timed_steps} "
+        f"timed training steps; prediction of {cfg.n_predict} control cells in batches of "
+        f"{cfg.predict_batch}, {cfg.n_steps} + {cfg.n_steps} DDIM steps, coupled mask, "
+        f"residual none; data resampled from simulate() of {cfg.base_cells} cells.",
+        f"- Baseline peak RSS (python + torch + scdoloris imported): "
+        f"{_fmt(results['baseline'].get('peak_rss_mb'))} MiB",
+        "",
+        "Peak RSS is `ru_maxrss` of a fresh process that builds the data and runs one phase "
+        "(it includes the baseline and the data).",
+        "",
+        "| preset | genes | cells | train cells/s | train step ms | train peak MiB | "
+        "predict cells/s | DDIM loop cells/s | predict peak MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in results["grid"]:
+        tr, pr = row.get("train", {}), row.get("predict", {})
+        err = "; ".join(
+            f"{k}: {v['error']}" for k, v in (("train", tr), ("predict", pr)) if "error" in v
+        )
+        lines.append(
+            f"| {row['preset']} | {row['n_genes']} | {row['n_cells']:,} | "
+            f"{_fmt(tr.get('train_cells_per_s'))} | {_fmt(tr.get('train_step_ms'), 1)} | "
+            f"{_fmt(tr.get('peak_rss_mb'))} | {_fmt(pr.get('predict_cells_per_s'), 1)} | "
+            f"{_fmt(pr.get('ddim_loop_cells_per_s'), 1)} | {_fmt(pr.get('peak_rss_mb'))} |"
+            + (f" {err}" if err else "")
+        )
+    big = results.get("large_predict", {})
+    if big and "error" not in big:
+        lines += [
+            "",
+            "## Prediction of a large input",
+            "",
+            f"{big['n_cells']:,} control cells x {big['n_genes']} genes (sparse input, "
+            f"{big['input_mb']:.0f} MiB; output {big['output_mb']:.0f} MiB dense float32), "
+            f"default preset, one `predict` call with the coupled mask, batches of "
+            f"{cfg.predict_batch}: peak RSS **{big['peak_rss_mb']:,.0f} MiB** "
+            f"({big['peak_rss_before_mb']:,.0f} MiB before the call; target < 4096 MiB), "
+            f"{big['seconds']:.0f} s with {big['n_steps']} + {big['n_steps']} DDIM steps "
+            "(memory does not depend on the number of steps; the time of 50 + 50 steps follows "
+            "from the prediction throughput above).",
+        ]
+    elif big:
+        lines += ["", f"Large prediction failed: {big['error']}"]
+    bt = results.get("backed_train", {})
+    if bt and "error" not in bt:
+        lines += [
+            "",
+            "## Training from a backed (on-disk) AnnData",
+            "",
+            f"{bt['n_cells']:,} simulated cells x {bt['n_genes']} genes written to an .h5ad "
+            f"(sparse X, {bt['nnz']:,} non-zeros, file {bt['file_mb']:,.0f} MiB), opened with "
+            f"`read_h5ad(..., backed='r')`, default preset: setup and model "
+            f"{bt['setup_s']:.0f} s, training {bt['train_cells_per_s']:,.0f} cells/s "
+            f"(batch {cfg.batch_size}), peak RSS {bt['peak_rss_mb']:,.0f} MiB.",
+        ]
+    elif bt:
+        lines += ["", f"Backed training failed: {bt['error']}"]
+    ratios = results.get("ratios")
+    if ratios is None:
+        return "\n".join(lines) + "\n"
+    if "error" in ratios:
+        lines += ["", f"Ratios failed: {ratios['error']}"]
+        return "\n".join(lines) + "\n"
+    g, f = ratios["graph"], ratios["flops"]
+    lines += [
+        "",
+        "## Ratios",
+        "",
+        f"(a) Gene-graph network once per training step vs once per cell (the authors' "
+        f"formulation), default preset, {g['n_genes']} genes ({g['n_nodes']} graph nodes, "
+        f"{g['n_edges']} edges), batch {g['batch']}: training step (forward + backward) "
+        f"{g['step_once_ms']:.1f} ms vs {g['step_per_cell_ms']:.1f} ms, ratio "
+        f"**{g['ratio']:.1f}x** (target >= 20x).",
+        "",
+        f"(b) Prediction loop (module.encode + module.decode, {f['n_steps']} + {f['n_steps']} "
+        f"DDIM steps), default preset, {f['n_genes']} genes, batch {f['batch']}: "
+        f"{f['loop_gflops']:.1f} GFLOP/s of denoiser matmuls (counted from the layer shapes); "
+        f"`F.linear` on the same shapes {f['linear_shapes_gflops']:.1f} GFLOP/s "
+        f"(**{100 * f['ratio_vs_shapes']:.0f}%**), a {cfg.square}x{cfg.square} matmul "
+        f"{f['square_gflops']:.1f} GFLOP/s (**{100 * f['ratio_vs_square']:.0f}%**; "
+        "target >= 50%).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds): CI smoke")
+    parser.add_argument("-o", "--output", type=Path, default=BENCH, help="folder of PERF.md")
+    parser.add_argument("--genes", type=int, nargs="+", help="override the gene counts")
+    parser.add_argument("--cells", type=int, nargs="+", help="override the cell counts")
+    parser.add_argument("--presets", nargs="+", help="override the presets")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        default=["ratios", "large", "backed", "grid"],
+        choices=["ratios", "large", "backed", "grid"],
+        help="what to measure (default: all)",
+    )
+    parser.add_argument(
+        "--append", action="store_true", help="keep the other parts of the existing perf.json"
+    )
+    parser.add_argument("--phase", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.phase:
+        payload = json.loads(args.phase)
+        import torch
+
+        torch.manual_seed(0)
+        cfg = PerfConfig(**payload["cfg"])
+        result = PHASES[payload["phase"]](cfg, *payload["args"])
+        print(json.dumps(result))
+        return 0
+    cfg = QUICK if args.quick else PerfConfig()
+    if args.genes:
+        cfg.genes = args.genes
+    if args.cells:
+        cfg.cells = args.cells
+    if args.presets:
+        cfg.presets = args.presets
+    command = "python benchmarks/perf.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    info = run_info(command.strip())
+    results: dict = {"baseline": run_phase(cfg, "baseline"), "grid": []}
+    args.output.mkdir(parents=True, exist_ok=True)
+    previous = args.output / "perf.json"
+    if args.append and previous.exists():  # keep the parts of an earlier run
+        earlier = json.loads(previous.read_text())
+        results.update({k: v for k, v in earlier.items() if k not in ("info", "baseline")})
+        info["command"] = f"{earlier['info']['command']}; then {info['command']}"
+
+    def write() -> None:  # after every phase: an interrupted run keeps what it measured
+        (args.output / "PERF.md").write_text(report(info, cfg, results))
+        (args.output / "perf.json").write_text(json.dumps({"info": info, **results}, indent=1))
+
+    def record(key: str, value: dict) -> None:
+        results[key] = value
+        print(json.dumps({key: value}), flush=True)
+        write()
+
+    if "ratios" in args.parts:
+        record("ratios", run_phase(cfg, "ratios"))
+    if "large" in args.parts:
+        record("large_predict", run_phase(cfg, "large_predict"))
+    if "backed" in args.parts:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = str(Path(tmp) / "simulated.h5ad")
+            written = run_phase(cfg, "write_h5ad", path)
+            if "error" not in written:
+                written = {**written, **run_phase(cfg, "backed_train", path)}
+            record("backed_train", written)
+    if "grid" in args.parts:
+        for preset in cfg.presets:
+            for n_genes in cfg.genes:
+                for n_cells in cfg.cells:
+                    row = {"preset": preset, "n_genes": n_genes, "n_cells": n_cells}
+                    results["grid"].append(row)
+                    for phase in ("train", "predict"):
+                        row[phase] = run_phase(cfg, phase, preset, n_genes, n_cells)
+                        print(json.dumps({**row, "phase": phase}), flush=True)
+                        write()
+    write()
+    print(f"wrote {args.output / 'PERF.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
