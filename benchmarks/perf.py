@@ -39,10 +39,7 @@ Ratios, measured in the same run:
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -50,6 +47,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from _machine import run_record
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -471,41 +470,9 @@ def run_phase(cfg: PerfConfig, name: str, *args) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _git(*args: str) -> str:
-    try:
-        out = subprocess.run(
-            ["git", *args], cwd=REPO, capture_output=True, text=True, check=True, timeout=30
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def run_info(command: str) -> dict:
-    import torch
-
-    commit = _git("rev-parse", "--short", "HEAD") or "unknown"
-    if _git("status", "--porcelain"):
-        commit += "+dirty"
-    return {
-        "command": command,
-        "commit": commit,
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": (
-            f"{platform.platform()}; CPU {_cpu_model()}; {os.cpu_count()} cores; "
-            f"torch {torch.__version__} with {torch.get_num_threads()} thread(s)"
-        ),
-    }
+    """Command, commit, date and machine of this run (:func:`_machine.run_record`)."""
+    return run_record(command)
 
 
 def _fmt(value, digits: int = 0) -> str:

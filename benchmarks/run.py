@@ -9,13 +9,9 @@ directory. The protocols (splits) are in ``protocols.py``; ``README.md`` documen
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
-import os
-import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +25,7 @@ import numpy as np
 import pandas as pd
 import protocols
 import torch
+from _machine import run_record
 from protocols import Condition, Split, cell_type_mask, condition_mask
 
 REPO = Path(__file__).resolve().parents[1]
@@ -616,41 +613,12 @@ def wins_and_losses(results: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _git(*args: str) -> str:
-    try:
-        out = subprocess.run(
-            ["git", *args], cwd=REPO, capture_output=True, text=True, check=True, timeout=30
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def run_info(config: Config) -> dict:
     """Command, commit (``+dirty`` with uncommitted changes), date, machine and settings."""
-    commit = _git("rev-parse", "--short", "HEAD") or "unknown"
-    if _git("status", "--porcelain"):
-        commit += "+dirty"
     epochs = config.max_epochs or "default (about 2000 steps)"
     tiny = "; TINY smoke configuration" if config.tiny else ""
     return {
-        "command": config.command,
-        "commit": commit,
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": (
-            f"{platform.platform()}; CPU {_cpu_model()}; {os.cpu_count()} cores; "
-            f"torch {torch.__version__} with {torch.get_num_threads()} thread(s)"
-        ),
+        **run_record(config.command),
         "settings": (
             f"seeds {config.seeds} (ablations with their own model: "
             f"{config.ablation_seeds or 'all'}); max_epochs {epochs}; "

@@ -81,13 +81,8 @@ def check_log_normalised(X, where: str = "adata.X") -> None:
         )
 
 
-def align_genes(
-    adata: ad.AnnData, genes: Sequence[str], layer: str | None = None, what: str = "adata"
-) -> np.ndarray:
-    """Return the expression of ``genes`` (by name, in that order) as a dense float32 array.
-
-    Extra genes of ``adata`` are ignored; missing genes raise a ``ValueError`` naming them.
-    """
+def _check_genes(adata: ad.AnnData, genes: Sequence[str], what: str) -> pd.Index:
+    """``genes`` as an Index; a ValueError naming duplicated var_names or missing genes."""
     genes = pd.Index(genes)
     if not adata.var_names.is_unique:
         dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
@@ -101,6 +96,17 @@ def align_genes(
             f"{missing[:10].tolist()}. Predict from cells measured on the training genes "
             "(subset or reindex the input to the model's var_names)."
         )
+    return genes
+
+
+def align_genes(
+    adata: ad.AnnData, genes: Sequence[str], layer: str | None = None, what: str = "adata"
+) -> np.ndarray:
+    """Return the expression of ``genes`` (by name, in that order) as a dense float32 array.
+
+    Extra genes of ``adata`` are ignored; missing genes raise a ``ValueError`` naming them.
+    """
+    genes = _check_genes(adata, genes, what)
     X = get_matrix(adata, layer)
     idx = adata.var_names.get_indexer(genes)
     if hasattr(X, "to_memory"):
@@ -151,19 +157,7 @@ def aligned_rows(
     adata: ad.AnnData, genes: Sequence[str], layer: str | None = None, what: str = "adata"
 ) -> AlignedRows:
     """Like :func:`align_genes`, without reading the matrix: an :class:`AlignedRows`."""
-    genes = pd.Index(genes)
-    if not adata.var_names.is_unique:
-        dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
-        raise ValueError(
-            f"{what}.var_names has duplicates (e.g. {dup}). Run `{what}.var_names_make_unique()`."
-        )
-    missing = genes.difference(adata.var_names)
-    if len(missing) > 0:
-        raise ValueError(
-            f"{what} lacks {len(missing)} of the model's {len(genes)} genes, e.g. "
-            f"{missing[:10].tolist()}. Predict from cells measured on the training genes "
-            "(subset or reindex the input to the model's var_names)."
-        )
+    genes = _check_genes(adata, genes, what)
     return AlignedRows(get_matrix(adata, layer), adata.var_names.get_indexer(genes))
 
 
