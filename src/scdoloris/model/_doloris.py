@@ -925,16 +925,21 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             x_np = X[sl]
             x = torch.from_numpy(x_np).to(device)
             ct = torch.from_numpy(codes[sl]).to(device)
+            ref = self._slice_condition(control_tokens, sl, device)
+            x_ref = None  # the decoding under the control token, once per latent
             if start == "latent":
                 latent = self.module.encode(x, ct, n_steps, generator, depth)
             for j, cond in enumerate(conditions):
                 kw = self._slice_condition(cond, sl, device)
                 if start == "noise":
                     latent = torch.randn(x.shape, generator=generator).to(device)
+                    x_ref = None
                 x_hat = self.module.decode(latent, x, ct, n_steps=n_steps, depth=depth, **kw)
                 if residual != "none":
-                    ref = self._slice_condition(control_tokens, sl, device)
-                    x_ref = self.module.decode(latent, x, ct, n_steps=n_steps, depth=depth, **ref)
+                    if x_ref is None:
+                        x_ref = self.module.decode(
+                            latent, x, ct, n_steps=n_steps, depth=depth, **ref
+                        )
                     x_hat = residual_expression(x / self.module.x_max, x_hat, x_ref)
                 x_hat = x_hat.clamp_min(0.0)
                 if mask == "bernoulli" or return_probabilities:
