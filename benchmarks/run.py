@@ -64,6 +64,7 @@ DOLORIS_VARIANTS = {
     "Doloris coherent mask": ("default", {"mask": "coherent"}),
     "Doloris no prior": ("no_prior", {}),
     "Doloris no residual": ("default", {"residual": "none"}),
+    "Doloris no unseen prior": ("default", {"module.unseen_prior": "none"}),
 }
 BASELINES = ("NoChange", "MeanShift", "Additive", "LinearBaseline")
 FLOOR = "Split-half floor"
@@ -77,6 +78,7 @@ METHOD_SLUGS = {
     "coherent": "Doloris coherent mask",
     "no_prior": "Doloris no prior",
     "no_residual": "Doloris no residual",
+    "no_unseen_prior": "Doloris no unseen prior",
     "nochange": "NoChange",
     "meanshift": "MeanShift",
     "additive": "Additive",
@@ -225,12 +227,26 @@ def train_doloris(split: Split, config: Config, model_kwargs: dict, seed: int):
 
 
 def _doloris_predictor(model, seed: int, options: dict) -> Callable:
-    """``predict(controls, perturbations, cell_type)`` of a trained Doloris model."""
+    """``predict(controls, perturbations, cell_type)`` of a trained Doloris model.
+
+    ``options`` are keyword arguments of ``predict``, except keys ``"module.NAME"``: module
+    attributes set for the call and restored after it (switches that act at prediction only,
+    e.g. ``module.unseen_prior``).
+    """
+    attrs = {k.removeprefix("module."): v for k, v in options.items() if k.startswith("module.")}
+    kwargs = {k: v for k, v in options.items() if not k.startswith("module.")}
 
     def predict(ctrl, perts, cell_type):
-        return model.predict(
-            ctrl, perts, cell_type=cell_type, seed=seed, progress_bar=False, **options
-        )
+        saved = {k: getattr(model.module, k) for k in attrs}
+        for k, v in attrs.items():
+            setattr(model.module, k, v)
+        try:
+            return model.predict(
+                ctrl, perts, cell_type=cell_type, seed=seed, progress_bar=False, **kwargs
+            )
+        finally:
+            for k, v in saved.items():
+                setattr(model.module, k, v)
 
     return predict
 
@@ -647,8 +663,9 @@ def header(info: dict) -> str:
             "seeds and held-out conditions (E = E-distance on all genes, E DE20 on the "
             "condition's top 20 DE genes; EMD, RMSE and Pearson delta on all genes); `train s` "
             "and `predict s` are per run (all conditions), mean ± sd over seeds. Lower is better "
-            "except Pearson delta. Variants `no latent` and `bernoulli mask` reuse the default "
-            "model, so they repeat its training time. Pearson delta is undefined (n/a) for "
+            "except Pearson delta. Variants `no latent`, `bernoulli mask`, `coherent mask`, "
+            "`no residual` and `no unseen prior` reuse the default model, so they repeat its "
+            "training time. Pearson delta is undefined (n/a) for "
             "NoChange, whose change from the input controls is zero.",
         ]
     )
@@ -820,7 +837,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         default=None,
         help="comma-separated seeds at which the ablations with their own model (no mask, "
         "no mu/sigma, no prior) are trained; default: the first seed only ('all' for every "
-        "seed). Variants of the default model (no latent, bernoulli, coherent) run at every seed",
+        "seed). Variants of the default model (no latent, bernoulli, coherent, no residual, no "
+        "unseen prior) run at every seed",
     )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default 2; tiny: 1)"

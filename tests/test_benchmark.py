@@ -28,6 +28,7 @@ TINY_METHODS = {
     "Doloris coherent mask",
     "Doloris no prior",
     "Doloris no residual",
+    "Doloris no unseen prior",
     "NoChange",
     "MeanShift",
     "Additive",

@@ -42,7 +42,12 @@ from ._molecule_mixin import MoleculeDoseMixin
 from ._molecules import dose_levels, dose_scale, validate_dose_and_molecules
 from ._mudata_mixin import MuDataMixin
 from ._presets import PRESETS
-from ._statistics import compositional_effects, compute_statistics
+from ._statistics import (
+    cell_type_effects,
+    compositional_effects,
+    compute_statistics,
+    shrunk_mean_effect,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -223,11 +228,32 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             prior_tokens = np.where(levels.cell_level >= 0, n_vocab + levels.cell_level, tokens)
         n_prior = n_vocab + (len(levels) if levels is not None else 0)
         effects = compositional_effects(X, prior_tokens, cell_type, len(cell_types), n_prior)
+        # what an unseen gene token is expected to do: the seen gene tokens' shrunk mean effect
+        genes_seen = np.asarray([t not in molecules.names for t in vocabulary], dtype=bool)
+        unseen_expr, self.unseen_expressed_alpha_ = shrunk_mean_effect(
+            effects.token_expressed_effect[:n_vocab][genes_seen]
+        )
+        unseen_logit, self.unseen_detection_alpha_ = shrunk_mean_effect(
+            effects.token_detection_effect[:n_vocab][genes_seen]
+        )
+        # per cell type, transferred to the cell types where a token was never measured
+        typed, self.cell_type_temperature_ = {}, None
+        if len(cell_types) > 1:
+            typed_expr, typed_logit, self.cell_type_temperature_ = cell_type_effects(
+                X, prior_tokens, cell_type, len(cell_types), n_prior
+            )
+            typed = {
+                "typed_expressed_effect": torch.from_numpy(typed_expr[:, :n_vocab]),
+                "typed_detection_effect": torch.from_numpy(typed_logit[:, :n_vocab]),
+            }
         self.module.set_effects(
             torch.from_numpy(effects.control_expressed_mean),
             torch.from_numpy(effects.control_detection_logit),
             torch.from_numpy(effects.token_expressed_effect[:n_vocab]),
             torch.from_numpy(effects.token_detection_effect[:n_vocab]),
+            torch.from_numpy(unseen_expr),
+            torch.from_numpy(unseen_logit),
+            **typed,
         )
         if molecules.names:
             self.module.set_molecules(

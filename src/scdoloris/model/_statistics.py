@@ -300,3 +300,177 @@ def compositional_effects(
         expr.astype(np.float32),
         logit.astype(np.float32),
     )
+
+
+def shrunk_mean_effect(effects: np.ndarray) -> tuple[np.ndarray, float]:
+    """The effect to expect of a token never seen in training: the seen tokens' mean, shrunk.
+
+    With nothing known of a new token, the best guess of its effect is a multiple ``alpha`` of
+    the seen tokens' mean effect: ``alpha`` near 1 when the seen tokens act alike (a screen
+    whose perturbations mostly hit one pathway), near 0 when their effects differ or cancel.
+    ``alpha`` is fitted by leave-one-out on the seen tokens themselves: each token's effect is
+    predicted by the mean of the others, and ``alpha`` is the least-squares scale of those
+    predictions, ``sum_k <e_k, m_-k> / sum_k |m_-k|^2``, clipped to [0, 1]. No held-out data
+    is used; with fewer than two tokens ``alpha`` is 0.
+
+    Parameters
+    ----------
+    effects
+        Tokens x genes: the seen tokens' effects (e.g. on expressed values).
+
+    Returns
+    -------
+    ``(alpha * mean effect, alpha)``.
+
+    Examples
+    --------
+    >>> effect, alpha = shrunk_mean_effect(np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]))
+    >>> effect.tolist(), alpha
+    ([1.0, 0.0], 1.0)
+    >>> shrunk_mean_effect(np.array([[1.0, 0.0], [-1.0, 0.0]]))[1]
+    0.0
+    >>> effect, alpha = shrunk_mean_effect(np.array([[2.0], [0.0], [0.0]]))
+    >>> round(alpha, 4), effect.round(4).tolist()
+    (0.0, [0.0])
+    """
+    E = np.asarray(effects, dtype=np.float64)
+    n = E.shape[0]
+    if n < 2:
+        return np.zeros(E.shape[1], dtype=np.float32), 0.0
+    loo = (E.sum(0, keepdims=True) - E) / (n - 1)
+    denominator = float((loo**2).sum())
+    alpha = float(np.clip((E * loo).sum() / denominator, 0.0, 1.0)) if denominator > 0 else 0.0
+    return (alpha * E.mean(0)).astype(np.float32), alpha
+
+
+TRANSFER_TEMPERATURES = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, np.inf)
+
+
+def transfer_weights(distance: np.ndarray, temperature: float) -> np.ndarray:
+    """Weights of source cell types for one target: ``softmax(-distance / temperature)``.
+
+    ``temperature=inf`` gives equal weights (the pooled average).
+
+    Examples
+    --------
+    >>> transfer_weights(np.array([0.0, 1.0]), np.inf).tolist()
+    [0.5, 0.5]
+    >>> transfer_weights(np.array([0.0, 1.0]), 1.0).round(3).tolist()
+    [0.731, 0.269]
+    """
+    d = np.asarray(distance, dtype=np.float64)
+    if not np.isfinite(temperature):
+        return np.full(d.shape, 1.0 / len(d))
+    logits = -(d - d.min()) / temperature
+    w = np.exp(logits)
+    return w / w.sum()
+
+
+def fit_transfer_temperature(
+    effects: np.ndarray, measured: np.ndarray, distance: np.ndarray
+) -> float:
+    """The temperature of :func:`transfer_weights` that best predicts measured effects.
+
+    Leave one cell type out: each effect a token has in a cell type where it was measured is
+    predicted from the token's effects in the other cell types where it was measured, weighted
+    by :func:`transfer_weights` of their distances; the temperature of
+    :data:`TRANSFER_TEMPERATURES` with the smallest squared error wins (``inf``, the pooled
+    average, when no token was measured in two cell types; ties go to the larger).
+
+    Parameters
+    ----------
+    effects
+        Cell types x tokens x genes.
+    measured
+        Cell types x tokens, boolean.
+    distance
+        Cell types x cell types, scaled (e.g. by the median distance).
+    """
+    errors = dict.fromkeys(TRANSFER_TEMPERATURES, 0.0)
+    cases = 0
+    for c in range(measured.shape[0]):
+        for k in np.flatnonzero(measured[c]):
+            others = np.flatnonzero(measured[:, k])
+            others = others[others != c]
+            if len(others) == 0:
+                continue
+            cases += 1
+            for temperature in TRANSFER_TEMPERATURES:
+                w = transfer_weights(distance[c, others], temperature)
+                guess = np.tensordot(w, effects[others, k], axes=1)
+                errors[temperature] += float(((effects[c, k] - guess) ** 2).sum())
+    if cases == 0:
+        return float(np.inf)
+    # ties (e.g. every held-out effect has one source) go to the larger temperature
+    return float(min(reversed(TRANSFER_TEMPERATURES), key=errors.get))
+
+
+def cell_type_effects(
+    X,
+    tokens: np.ndarray,
+    cell_type: np.ndarray,
+    n_cell_types: int,
+    n_vocab: int,
+    **kwargs,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Each token's effects per cell type, transferred to cell types where it was never seen.
+
+    Where a token was measured in a cell type, its effect there is
+    :func:`compositional_effects` fitted on that cell type's cells alone. Elsewhere it is the
+    average of its effects in the cell types where it was measured, weighted by how close their
+    control cells are (:func:`transfer_weights` of the Euclidean distance between the cell
+    types' mean control expression, divided by the median such distance), with the
+    temperature fitted by leave-one-cell-type-out (:func:`fit_transfer_temperature`). The
+    pooled fit of :func:`compositional_effects` shares one effect across all cell types,
+    whatever their likeness; this lets a held-out monocyte type take its response mostly from
+    other monocytes.
+
+    Parameters
+    ----------
+    X, tokens, cell_type, n_cell_types, n_vocab
+        As in :func:`compositional_effects`.
+    **kwargs
+        Passed to :func:`compositional_effects`.
+
+    Returns
+    -------
+    ``(expressed, detection, temperature)``: cell types x tokens x genes effects on expressed
+    values and detection logits, and the fitted temperature.
+    """
+    if sparse.issparse(X):
+        X = X.tocsr()
+    n_genes = X.shape[1]
+    expressed = np.zeros((n_cell_types, n_vocab, n_genes), np.float32)
+    detection = np.zeros_like(expressed)
+    measured = np.zeros((n_cell_types, n_vocab), bool)
+    control_means = np.zeros((n_cell_types, n_genes))
+    is_control = (tokens == -1).all(1)
+    for c in range(n_cell_types):
+        rows = np.flatnonzero(cell_type == c)
+        if len(rows) == 0:
+            continue
+        ctrl = rows[is_control[rows]]
+        if len(ctrl):
+            control_means[c] = np.asarray(X[ctrl].mean(0)).ravel()
+        used = np.unique(tokens[rows])
+        measured[c, used[used >= 0]] = True
+        eff = compositional_effects(
+            X[rows], tokens[rows], np.zeros(len(rows), int), 1, n_vocab, **kwargs
+        )
+        expressed[c] = eff.token_expressed_effect
+        detection[c] = eff.token_detection_effect
+    diff = control_means[:, None, :] - control_means[None, :, :]
+    distance = np.sqrt((diff**2).sum(-1))
+    off_diagonal = distance[~np.eye(n_cell_types, dtype=bool)]
+    scale = np.median(off_diagonal) if off_diagonal.size and np.median(off_diagonal) > 0 else 1.0
+    distance = distance / scale
+    temperature = fit_transfer_temperature(expressed, measured, distance)
+    for c in range(n_cell_types):
+        for k in np.flatnonzero(~measured[c]):
+            sources = np.flatnonzero(measured[:, k])
+            if len(sources) == 0:
+                continue
+            w = transfer_weights(distance[c, sources], temperature)
+            expressed[c, k] = np.tensordot(w, expressed[sources, k], axes=1)
+            detection[c, k] = np.tensordot(w, detection[sources, k], axes=1)
+    return expressed, detection, temperature

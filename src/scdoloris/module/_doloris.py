@@ -122,6 +122,22 @@ class DolorisModule(BaseModuleClass):
         :class:`~scdoloris.module.MoleculeEncoder`.
     n_dose_levels
         Training (molecule, dose) levels of the dose-aware additive prior (0: no doses).
+    unseen_prior
+        What the additive prior adds for a gene token never perturbed in training (a measured
+        gene, or one with user embeddings): the seen tokens' mean effect scaled by a factor
+        fitted by leave-one-out on the seen tokens
+        (:func:`~scdoloris.model._statistics.shrunk_mean_effect`), on the detection logits only
+        (``"detection"``, default), on detection logits and expressed values (``"both"``), or
+        nothing (``"none"``). Chosen on a validation split carved from the Papalexi training
+        targets (``benchmarks/validate.py``): the detection part lowered the EMD of held-out
+        knockouts, the expressed-value part raised the E-distance of knockouts without effect.
+        It acts at prediction only and can be switched on a trained module.
+    cell_type_prior
+        With several cell types: ``"similarity"`` (default) gives each token its own effect in
+        every cell type where it was measured and, in a cell type where it never was, the
+        average of its effects elsewhere weighted by how alike the cell types' controls are
+        (:func:`~scdoloris.model._statistics.cell_type_effects`); ``"pooled"``: one effect per
+        token shared by all cell types.
     """
 
     def __init__(
@@ -153,6 +169,8 @@ class DolorisModule(BaseModuleClass):
         n_molecules: int = 0,
         n_molecule_features: int = 0,
         n_dose_levels: int = 0,
+        unseen_prior: str = "detection",
+        cell_type_prior: str = "similarity",
     ):
         super().__init__()
         for name, value, allowed in (
@@ -160,6 +178,8 @@ class DolorisModule(BaseModuleClass):
             ("mask_control_state", mask_control_state, ("cells", "gaussian")),
             ("target_control_state", target_control_state, ("cells", "gaussian")),
             ("prior", prior, ("additive", "none")),
+            ("unseen_prior", unseen_prior, ("detection", "both", "none")),
+            ("cell_type_prior", cell_type_prior, ("similarity", "pooled")),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
@@ -168,11 +188,20 @@ class DolorisModule(BaseModuleClass):
         self.mask_control_state = mask_control_state
         self.target_control_state = target_control_state
         self.prior = prior
+        self.unseen_prior = unseen_prior
+        self.cell_type_prior = cell_type_prior
         # the additive prior: per-token effects on expressed values and on detection logits
         self.register_buffer("control_expressed_mean", torch.zeros(n_cell_types, n_genes))
         self.register_buffer("control_detection_logit", torch.zeros(n_cell_types, n_genes))
         self.register_buffer("token_expressed_effect", torch.zeros(n_vocab, n_genes))
         self.register_buffer("token_detection_effect", torch.zeros(n_vocab, n_genes))
+        # ... and of gene tokens never seen in training (see unseen_prior)
+        self.register_buffer("unseen_expressed_effect", torch.zeros(n_genes))
+        self.register_buffer("unseen_detection_effect", torch.zeros(n_genes))
+        # ... and per cell type (several cell types only; see cell_type_prior)
+        n_typed = n_cell_types if n_cell_types > 1 else 0
+        self.register_buffer("typed_expressed_effect", torch.zeros(n_typed, n_vocab, n_genes))
+        self.register_buffer("typed_detection_effect", torch.zeros(n_typed, n_vocab, n_genes))
         # doses: the scale (smallest positive and largest training dose) and the dose-aware
         # prior's levels (a molecule token at one training dose each); only with molecules
         self.n_dose_levels = n_dose_levels
@@ -272,13 +301,31 @@ class DolorisModule(BaseModuleClass):
         control_detection_logit: torch.Tensor,
         token_expressed_effect: torch.Tensor,
         token_detection_effect: torch.Tensor,
+        unseen_expressed_effect: torch.Tensor | None = None,
+        unseen_detection_effect: torch.Tensor | None = None,
+        typed_expressed_effect: torch.Tensor | None = None,
+        typed_detection_effect: torch.Tensor | None = None,
     ) -> None:
-        """Copy the additive prior's statistics (expression in raw units) into the buffers."""
+        """Copy the additive prior's statistics (expression in raw units) into the buffers.
+
+        The effects of unseen gene tokens are zero when not given; they are kept but not used
+        as ``unseen_prior`` says (the attribute can be switched after training: training never
+        sees an unseen token).
+        """
         x_max = float(self.x_max)
         self.control_expressed_mean.copy_(torch.as_tensor(control_expressed_mean) / x_max)
         self.control_detection_logit.copy_(torch.as_tensor(control_detection_logit))
         self.token_expressed_effect.copy_(torch.as_tensor(token_expressed_effect) / x_max)
         self.token_detection_effect.copy_(torch.as_tensor(token_detection_effect))
+        self.unseen_expressed_effect.zero_()
+        self.unseen_detection_effect.zero_()
+        if unseen_expressed_effect is not None:
+            self.unseen_expressed_effect.copy_(torch.as_tensor(unseen_expressed_effect) / x_max)
+        if unseen_detection_effect is not None:
+            self.unseen_detection_effect.copy_(torch.as_tensor(unseen_detection_effect))
+        if typed_expressed_effect is not None and self.typed_expressed_effect.shape[0] > 0:
+            self.typed_expressed_effect.copy_(torch.as_tensor(typed_expressed_effect) / x_max)
+            self.typed_detection_effect.copy_(torch.as_tensor(typed_detection_effect))
 
     def _molecule_encoders(self) -> list[MoleculeEncoder]:
         encoders = [self.condition.perturbation.molecules]
@@ -354,15 +401,46 @@ class DolorisModule(BaseModuleClass):
         weights = dose_prior_weights(vocab_idx, dose, self.level_token, self.level_dose)
         return weights @ getattr(self, table_name)
 
-    def _token_sum(self, table: torch.Tensor, vocab_idx: torch.Tensor) -> torch.Tensor:
-        """Sum of a per-token table over each cell's tokens (unseen tokens contribute 0)."""
+    def _token_sum(
+        self,
+        table: torch.Tensor,
+        vocab_idx: torch.Tensor,
+        node_idx: torch.Tensor | None = None,
+        unseen: torch.Tensor | None = None,
+        cell_type: torch.Tensor | None = None,
+        typed: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Sum of a per-token table over each cell's tokens.
+
+        With ``cell_type`` and a per-cell-type table ``typed`` (cell types x tokens x genes;
+        used when ``cell_type_prior="similarity"``) each cell takes its cell type's row. Gene
+        tokens outside the training vocabulary (``vocab_idx`` PAD but a node in ``node_idx``)
+        add ``unseen`` (the unseen-token effect) each; other tokens add nothing.
+        """
+        per_type = (
+            typed is not None
+            and typed.shape[0] > 0
+            and cell_type is not None
+            and self.cell_type_prior == "similarity"
+        )
         if table.shape[0] == 0:
-            return table.new_zeros(vocab_idx.shape[0], self.n_genes)
-        known = (vocab_idx != PAD).unsqueeze(-1)
-        return (table[vocab_idx.clamp_min(0)] * known).sum(1)
+            out = table.new_zeros(vocab_idx.shape[0], self.n_genes)
+        else:
+            known = (vocab_idx != PAD).unsqueeze(-1)
+            safe = vocab_idx.clamp_min(0)
+            rows = typed[cell_type.unsqueeze(-1), safe] if per_type else table[safe]
+            out = (rows * known).sum(1)
+        if node_idx is not None and unseen is not None and self.unseen_prior != "none":
+            n_unseen = ((vocab_idx == PAD) & (node_idx != PAD)).sum(-1, keepdim=True)
+            out = out + n_unseen.to(unseen.dtype) * unseen
+        return out
 
     def center(
-        self, cell_type: torch.Tensor, vocab_idx: torch.Tensor, dose: torch.Tensor | None = None
+        self,
+        cell_type: torch.Tensor,
+        vocab_idx: torch.Tensor,
+        dose: torch.Tensor | None = None,
+        node_idx: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The additive prior's expressed values: control mean + the sum of token effects.
 
@@ -370,22 +448,45 @@ class DolorisModule(BaseModuleClass):
         cell carries the summed token effects by construction and the networks learn what the
         sum misses (interactions, per-cell structure). Molecule tokens with doses add their
         effect interpolated between their training doses (``dose`` on the model's scale, see
-        :func:`~scdoloris.module.dose_prior_weights`). Zero with ``prior="none"``.
+        :func:`~scdoloris.module.dose_prior_weights`). Gene tokens never seen in training
+        (known by ``node_idx``) add the unseen-token effect (see ``unseen_prior``). Zero with
+        ``prior="none"``.
         """
         if self.prior == "none":
             return torch.zeros(cell_type.shape[0], self.n_genes, device=cell_type.device)
         base = self.control_expressed_mean[cell_type]
         dosed = self._dose_prior("level_expressed_effect", vocab_idx, dose)
-        return base + self._token_sum(self.token_expressed_effect, vocab_idx) + dosed
+        unseen = self.unseen_expressed_effect if self.unseen_prior == "both" else None
+        tokens = self._token_sum(
+            self.token_expressed_effect,
+            vocab_idx,
+            node_idx,
+            unseen,
+            cell_type,
+            self.typed_expressed_effect,
+        )
+        return base + tokens + dosed
 
     def detection_offset(
-        self, vocab_idx: torch.Tensor, dose: torch.Tensor | None = None
+        self,
+        vocab_idx: torch.Tensor,
+        dose: torch.Tensor | None = None,
+        node_idx: torch.Tensor | None = None,
+        cell_type: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The additive prior on the mask: the sum of token effects on detection logits."""
         if self.prior == "none":
             return torch.zeros(vocab_idx.shape[0], self.n_genes, device=vocab_idx.device)
         dosed = self._dose_prior("level_detection_effect", vocab_idx, dose)
-        return self._token_sum(self.token_detection_effect, vocab_idx) + dosed
+        tokens = self._token_sum(
+            self.token_detection_effect,
+            vocab_idx,
+            node_idx,
+            self.unseen_detection_effect,
+            cell_type,
+            self.typed_detection_effect,
+        )
+        return tokens + dosed
 
     def set_control_bank(self, x: torch.Tensor, cell_type: torch.Tensor) -> None:
         """Keep control cells (raw units) from which every training step draws a source batch.
@@ -423,13 +524,13 @@ class DolorisModule(BaseModuleClass):
         knocked.scatter_(1, target, True)
         return knocked[:, : self.n_genes]
 
-    def mask_logits(self, control_state, mask_cond, vocab_idx, node_idx, dose=None):
+    def mask_logits(self, control_state, mask_cond, vocab_idx, node_idx, dose=None, cell_type=None):
         """The mask network's logits (either architecture) plus the additive detection prior."""
         if self.mask_network == "graph":
             logits = self.mask_net(control_state, mask_cond, self.knocked_genes(node_idx))
         else:
             logits = self.mask_net(control_state, mask_cond)
-        return logits + self.detection_offset(vocab_idx, dose)
+        return logits + self.detection_offset(vocab_idx, dose, node_idx, cell_type)
 
     def diffusion_parameters(self) -> list[nn.Parameter]:
         """Parameters of the source and target models (and their condition encoder)."""
@@ -571,7 +672,9 @@ class DolorisModule(BaseModuleClass):
                 mask_state = self.sample_control_cells(cell_type)
             else:
                 mask_state = self.sample_control_state(cell_type)
-            out["mask_logits"] = self.mask_logits(mask_state, mask_cond, vocab_idx, node_idx, dose)
+            out["mask_logits"] = self.mask_logits(
+                mask_state, mask_cond, vocab_idx, node_idx, dose, cell_type
+            )
         return out
 
     def loss(self, tensors, inference_outputs, generative_outputs, stage: str = "all"):
@@ -694,7 +797,7 @@ class DolorisModule(BaseModuleClass):
 
         ts = ddim_timesteps(self.schedule.n_timesteps, n_steps, 0, self._t_end(depth))
         x0c = ddim_decode(latent, x0_fn, self.schedule.alpha_bar, ts)
-        return x0c + self.center(cell_type, vocab_idx, dose)
+        return x0c + self.center(cell_type, vocab_idx, dose, node_idx)
 
     @torch.inference_mode()
     def expression_probability(
@@ -711,5 +814,5 @@ class DolorisModule(BaseModuleClass):
             raise ValueError("This model was built with use_mask=False: it has no mask network.")
         vocab_idx, node_idx, mol_idx, dose = self.dosed_tokens(vocab_idx, node_idx, mol_idx, dose)
         cond = self._conditions(self.mask_condition, cell_type, vocab_idx, node_idx, mol_idx, dose)
-        logits = self.mask_logits(control / self.x_max, cond, vocab_idx, node_idx, dose)
+        logits = self.mask_logits(control / self.x_max, cond, vocab_idx, node_idx, dose, cell_type)
         return torch.sigmoid(logits)
