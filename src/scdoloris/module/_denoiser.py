@@ -93,13 +93,30 @@ class Denoiser(nn.Module):
         self.out_norm = nn.LayerNorm(n_hidden)
         self.heads = nn.ModuleList([nn.Linear(n_hidden, n_genes) for _ in range(n_heads)])
 
+    @staticmethod
+    def _sliced_linear(
+        x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``x @ weight.T (+ bias)`` for ``weight`` a block of columns of the input layer's.
+
+        With gradients the product is taken as ``(weight @ x.T).T``: autograd then yields the
+        block's gradient row-major, whose copy into the full weight's gradient is cheap; the
+        column-major gradient of ``linear`` is copied with a transpose (at 5000 genes and batch
+        32 this took 35 of a training step's ~100 ms). Without gradients (prediction):
+        ``linear``.
+        """
+        if x.dim() == 2 and torch.is_grad_enabled() and weight.requires_grad:
+            out = torch.mm(weight, x.t()).t()
+            return out if bias is None else out + bias
+        return nn.functional.linear(x, weight, bias)
+
     def project_control(self, control_state: torch.Tensor | None) -> torch.Tensor:
         """The input layer's part from the control state, with its bias (bias alone for None)."""
         if control_state is None:
             return self.input.bias
         n_genes = control_state.shape[-1]
         weight = self.input.weight[:, n_genes:]
-        return nn.functional.linear(control_state, weight, self.input.bias)
+        return self._sliced_linear(control_state, weight, self.input.bias)
 
     def _time_embedding(self, t: torch.Tensor) -> torch.Tensor:
         """The time MLP, run once per distinct timestep (DDIM: one row for the whole batch)."""
@@ -124,7 +141,7 @@ class Denoiser(nn.Module):
             if control_proj is None:
                 control_proj = self.project_control(control_state)
             weight = self.input.weight[:, : x_t.shape[-1]]
-            h = nn.functional.linear(x_t, weight) + control_proj
+            h = self._sliced_linear(x_t, weight) + control_proj
         else:
             h = self.input(x_t)
         c = self._time_embedding(t) + self.cond_proj(cond)

@@ -604,9 +604,10 @@ class DolorisModule(BaseModuleClass):
         vocab_idx, node_idx, mol_idx, dose = self.dosed_tokens(vocab_idx, node_idx, mol_idx, dose)
         is_control = (vocab_idx == PAD).all(-1)
         # the gene-graph pass only when a token of the batch is a node of the graph (never for
-        # tokens without a gene, e.g. a stimulation or a molecule)
+        # tokens without a gene, e.g. a stimulation or a molecule), and only on the subgraph
+        # the batch's nodes depend on
         graph = bool((node_idx != PAD).any())
-        nodes = self.condition.perturbation.node_embeddings() if graph else None
+        nodes = self.condition.perturbation.node_embeddings(node_idx) if graph else None
         cond = self.condition(cell_type, vocab_idx, node_idx, nodes, mol_idx, dose)
         out = {
             "x0": x0,
@@ -618,7 +619,8 @@ class DolorisModule(BaseModuleClass):
             "dose": dose,
         }
         if self.use_mask:
-            mask_nodes = self.mask_condition.perturbation.node_embeddings() if graph else None
+            mask_perturbation = self.mask_condition.perturbation
+            mask_nodes = mask_perturbation.node_embeddings(node_idx) if graph else None
             out["mask_cond"] = self.mask_condition(
                 cell_type, vocab_idx, node_idx, mask_nodes, mol_idx, dose
             )
@@ -719,7 +721,7 @@ class DolorisModule(BaseModuleClass):
 
     # ------------------------------------------------------------------ prediction
     def _conditions(self, encoder: ConditionEncoder, cell_type, vocab_idx, node_idx, mol_idx, dose):
-        nodes = encoder.perturbation.node_embeddings()
+        nodes = encoder.perturbation.node_embeddings(node_idx)
         return encoder(cell_type, vocab_idx, node_idx, nodes, mol_idx, dose)
 
     def _control_tokens(self, n: int, device) -> torch.Tensor:

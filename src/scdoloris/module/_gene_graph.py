@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch_geometric.nn import GATConv
+from torch_geometric.utils import k_hop_subgraph
 
 from .._constants import PAD
 from ._molecule_encoder import MoleculeEncoder
@@ -77,7 +78,10 @@ class GeneGraphEncoder(nn.Module):
 
     Node features are the genes' fixed features (data-derived PCA embedding, user embeddings);
     the output is one vector per node. It does not depend on the cell, so it runs once per
-    training step (or prediction batch), never once per cell.
+    training step (or prediction batch), never once per cell. A node's output depends only on
+    its ``n_hops``-hop in-neighbourhood (messages flow from ``edge_index[0]`` to
+    ``edge_index[1]``), so the nodes a batch needs can be computed on that subgraph alone
+    (:meth:`PerturbationEncoder.node_embeddings`).
 
     Examples
     --------
@@ -85,6 +89,9 @@ class GeneGraphEncoder(nn.Module):
     >>> enc(torch.randn(3, 4), torch.tensor([[0, 1, 2], [0, 1, 2]])).shape
     torch.Size([3, 8])
     """
+
+    n_hops = 2
+    """Graph layers: the depth of the in-neighbourhood a node's output depends on."""
 
     def __init__(self, n_features: int, n_hidden: int = 64, heads: int = 2):
         super().__init__()
@@ -137,8 +144,9 @@ class PerturbationEncoder(nn.Module):
     --------
     >>> enc = PerturbationEncoder(2, n_nodes=3, n_node_features=3, n_edges=3, n_out=4, n_hidden=8)
     >>> enc.set_graph(torch.eye(3), torch.tensor([[0, 1, 2], [0, 1, 2]]), torch.tensor([0, 2]))
-    >>> nodes = enc.node_embeddings()
-    >>> enc(torch.tensor([[0, 1], [1, -1]]), torch.tensor([[0, 2], [2, -1]]), nodes).shape
+    >>> node_idx = torch.tensor([[0, 2], [2, -1]])
+    >>> nodes = enc.node_embeddings(node_idx)  # only the nodes the batch references
+    >>> enc(torch.tensor([[0, 1], [1, -1]]), node_idx, nodes).shape
     torch.Size([2, 4])
     """
 
@@ -176,11 +184,41 @@ class PerturbationEncoder(nn.Module):
     def node_has_features(self) -> torch.Tensor:
         return self.node_features.abs().sum(-1) > 0
 
-    def node_embeddings(self) -> torch.Tensor | None:
-        """The read-out of the graph network for every node (one pass; None without features)."""
+    def node_embeddings(self, node_idx: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The read-out of the graph network (one pass per batch; None without features).
+
+        Parameters
+        ----------
+        node_idx
+            The node indices of a batch's tokens (any shape, ``-1`` for none). Given, the
+            graph network runs only on the subgraph these nodes' outputs depend on (their
+            ``n_hops``-hop in-neighbourhood and the edges into it), and only their rows are
+            filled (the other rows are zero); the referenced rows equal those of the pass over
+            the whole graph. ``None`` (or no referenced node): every node.
+
+        Returns
+        -------
+        Nodes x ``n_out`` embeddings, indexed by node; None when no node has features, or when
+        ``node_idx`` references no node.
+        """
         if self.node_features.numel() == 0 or not bool(self.node_has_features.any()):
             return None
-        return self.readout(self.graph(self.node_features, self.edge_index))
+        if node_idx is None:
+            return self.readout(self.graph(self.node_features, self.edge_index))
+        needed = node_idx[node_idx != PAD].unique()
+        if needed.numel() == 0:
+            return None
+        subset, edges, position, _ = k_hop_subgraph(
+            needed,
+            self.graph.n_hops,
+            self.edge_index,
+            relabel_nodes=True,
+            num_nodes=self.node_features.shape[0],
+            directed=True,  # only the edges into the needed nodes and their in-neighbours
+        )
+        h = self.graph(self.node_features[subset], edges)[position]
+        out = self.readout(h)
+        return out.new_zeros(self.node_features.shape[0], out.shape[1]).index_copy(0, needed, out)
 
     def forward(
         self,
@@ -200,7 +238,8 @@ class PerturbationEncoder(nn.Module):
         node_idx
             Batch x max_tokens node indices, ``-1`` for padding or tokens without a node.
         nodes
-            The output of :meth:`node_embeddings` (computed once per batch).
+            The output of :meth:`node_embeddings` (computed once per batch, for at least the
+            nodes in ``node_idx``).
         mol_idx
             Batch x max_tokens rows of the molecule table, ``-1`` for tokens that are no
             molecule (needs ``molecules``).
