@@ -59,6 +59,7 @@ DOLORIS_VARIANTS = {
     "Doloris": ("default", {}),
     "Doloris no mask": ("no_mask", {"mask": "none"}),
     "Doloris no latent": ("default", {"start": "noise"}),
+    "Doloris bridge always": ("default", {"start": "latent"}),
     "Doloris no mu/sigma": ("no_mu_sigma", {}),
     "Doloris bernoulli mask": ("default", {"mask": "bernoulli"}),
     "Doloris coherent mask": ("default", {"mask": "coherent"}),
@@ -73,6 +74,7 @@ METHOD_SLUGS = {
     "doloris": "Doloris",
     "no_mask": "Doloris no mask",
     "no_latent": "Doloris no latent",
+    "bridge": "Doloris bridge always",
     "no_mu_sigma": "Doloris no mu/sigma",
     "bernoulli": "Doloris bernoulli mask",
     "coherent": "Doloris coherent mask",
@@ -663,10 +665,10 @@ def header(info: dict) -> str:
             "seeds and held-out conditions (E = E-distance on all genes, E DE20 on the "
             "condition's top 20 DE genes; EMD, RMSE and Pearson delta on all genes); `train s` "
             "and `predict s` are per run (all conditions), mean ± sd over seeds. Lower is better "
-            "except Pearson delta. Variants `no latent`, `bernoulli mask`, `coherent mask`, "
-            "`no residual` and `no unseen prior` reuse the default model, so they repeat its "
-            "training time. Pearson delta is undefined (n/a) for "
-            "NoChange, whose change from the input controls is zero.",
+            "except Pearson delta. Variants `no latent`, `bridge always`, `bernoulli mask`, "
+            "`coherent mask`, `no residual` and `no unseen prior` reuse the default model, so "
+            "they repeat its training time. Pearson delta is undefined (n/a) for NoChange, "
+            "whose change from the input controls is zero.",
         ]
     )
 
