@@ -624,9 +624,12 @@ def wins_and_losses(results: pd.DataFrame) -> list[str]:
         )
     e = results.groupby("method")["e_distance"].mean()
     for ablation in (m for m in DOLORIS_VARIANTS if m != "Doloris" and m in e):
-        verdict = "worse" if e[ablation] > e["Doloris"] else "better"
+        if e[ablation] == e["Doloris"]:  # the same predictions (the option does not apply)
+            verdict = "the same as"
+        else:
+            verdict = "worse than" if e[ablation] > e["Doloris"] else "better than"
         lines.append(
-            f"- Ablation {ablation}: E {e[ablation]:.3f}, {verdict} than Doloris ({e['Doloris']:.3f})."
+            f"- Ablation {ablation}: E {e[ablation]:.3f}, {verdict} Doloris ({e['Doloris']:.3f})."
         )
     return lines
 

@@ -67,3 +67,26 @@ def norman_model(norman_split):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def tiny_simulated_model():
+    """A function ``(n_cells, n_genes, seed=0) -> (adata, model)``: simulated, log-normalised
+    cells set up for Doloris and a tiny untrained model on them."""
+    return _tiny_simulated_model
+
+
+def _tiny_simulated_model(n_cells: int, n_genes: int, seed: int = 0):
+    import scanpy as sc
+
+    from scdoloris import DolorisModel
+    from scdoloris.datasets import simulate
+
+    adata = simulate(n_cells=n_cells, n_genes=n_genes, seed=seed)
+    sc.pp.normalize_total(adata)
+    sc.pp.log1p(adata)
+    DolorisModel.setup_anndata(adata, perturbation_key="perturbation", control_group="ctrl")
+    model = DolorisModel(
+        adata, n_hidden=16, n_layers=1, n_cond=8, n_graph_hidden=8, n_mask_hidden=8
+    )
+    return adata, model

@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import scanpy as sc
 import torch
 from lightning.pytorch.strategies import DDPStrategy
 
-from scdoloris import DolorisModel
-from scdoloris.datasets import simulate
 
-
-def test_ddp_two_processes_train_and_predict():
-    adata = simulate(n_cells=200, n_genes=60, seed=0)
-    sc.pp.normalize_total(adata)
-    sc.pp.log1p(adata)
-    DolorisModel.setup_anndata(adata, perturbation_key="perturbation", control_group="ctrl")
-    model = DolorisModel(
-        adata, n_hidden=16, n_layers=1, n_cond=8, n_graph_hidden=8, n_mask_hidden=8
-    )
+def test_ddp_two_processes_train_and_predict(tiny_simulated_model):
+    adata, model = tiny_simulated_model(n_cells=200, n_genes=60)
     before = {k: v.clone() for k, v in model.module.named_parameters()}
     # spawn: works from pytest and notebooks; find_unused_parameters: a batch without a gene
     # token skips the gene-graph network

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scanpy as sc
 import torch
 
-from scdoloris import DolorisModel
-from scdoloris.datasets import simulate
 from scdoloris.module._gene_graph import PerturbationEncoder
 
 
@@ -69,14 +66,8 @@ def test_nodes_beyond_two_hops_do_not_matter_and_no_node_means_no_pass():
     assert enc.node_embeddings(torch.tensor([[-1]])) is None
 
 
-def test_training_loss_and_prediction_equal_the_full_graph_pass(monkeypatch):
-    adata = simulate(n_cells=150, n_genes=40, seed=0)
-    sc.pp.normalize_total(adata)
-    sc.pp.log1p(adata)
-    DolorisModel.setup_anndata(adata, perturbation_key="perturbation", control_group="ctrl")
-    model = DolorisModel(
-        adata, n_hidden=16, n_layers=1, n_cond=8, n_graph_hidden=8, n_mask_hidden=8
-    )
+def test_training_loss_and_prediction_equal_the_full_graph_pass(monkeypatch, tiny_simulated_model):
+    adata, model = tiny_simulated_model(n_cells=150, n_genes=40)
     model._fill_control_bank()
     module = model.module
     module.train()
