@@ -842,8 +842,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         default=None,
         help="comma-separated seeds at which the ablations with their own model (no mask, "
         "no mu/sigma, no prior) are trained; default: the first seed only ('all' for every "
-        "seed). Variants of the default model (no latent, bernoulli, coherent, no residual, no "
-        "unseen prior) run at every seed",
+        "seed). Variants of the default model (no latent, bridge always, bernoulli, coherent, "
+        "no residual, no unseen prior) run at every seed",
     )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default 2; tiny: 1)"

@@ -246,3 +246,25 @@ def test_setup_with_a_single_cell_is_refused_or_handled():
     DolorisModel.setup_anndata(adata, perturbation_key="perturbation")
     model = DolorisModel(adata, **SMALL)
     assert model.vocabulary_ == []
+
+
+def test_a_model_saved_before_the_unseen_and_cell_type_priors_loads_with_them_off(
+    tmp_path, tiny_simulated_model
+):
+    import torch
+
+    from scdoloris import DolorisModel
+
+    adata, model = tiny_simulated_model(n_cells=150, n_genes=40)
+    model.module.unseen_detection_effect.fill_(1.0)
+    model.is_trained_ = True  # saving needs no training
+    model.save(str(tmp_path / "m"))
+    path = tmp_path / "m" / "model.pt"
+    saved = torch.load(path, weights_only=False)
+    for key in ("unseen_expressed_effect", "unseen_detection_effect"):
+        del saved["model_state_dict"][key]  # as written by the earlier version
+    torch.save(saved, path)
+    loaded = DolorisModel.load(str(tmp_path / "m"))
+    assert not loaded.module.unseen_detection_effect.any()  # off, as that version behaved
+    with pytest.raises(ValueError, match="unseen_prior must be one of"):
+        loaded.module.unseen_prior = "nonee"

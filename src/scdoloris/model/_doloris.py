@@ -232,7 +232,9 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             prior_tokens = np.where(levels.cell_level >= 0, n_vocab + levels.cell_level, tokens)
         n_prior = n_vocab + (len(levels) if levels is not None else 0)
         effects = compositional_effects(X, prior_tokens, cell_type, len(cell_types), n_prior)
-        # what an unseen gene token is expected to do: the seen gene tokens' shrunk mean effect
+        # what an unseen gene token is expected to do: the shrunk mean effect of the seen
+        # tokens other than molecules (genes, measured or not, and any other learned token, e.g.
+        # a stimulation: nothing in a label tells an unmeasured gene from a stimulation)
         genes_seen = np.asarray([t not in molecules.names for t in vocabulary], dtype=bool)
         unseen_expr, self.unseen_expressed_alpha_ = shrunk_mean_effect(
             effects.token_expressed_effect[:n_vocab][genes_seen]
@@ -1140,6 +1142,15 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         model = _initialize_model(cls, False, registry, attr_dict, None)
         model.module = DolorisModule(**model.module_kwargs_)
         state_dict.pop("pyro_param_store", None)
+        # models saved before the unseen-token and per-cell-type priors: both off (zeros)
+        defaults = model.module.state_dict()
+        for key in (
+            "unseen_expressed_effect",
+            "unseen_detection_effect",
+            "typed_expressed_effect",
+            "typed_detection_effect",
+        ):
+            state_dict.setdefault(key, defaults[key])
         try:
             model.module.load_state_dict(state_dict)
         except RuntimeError as err:

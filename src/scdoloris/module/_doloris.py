@@ -23,6 +23,8 @@ from ._schedule import (
     q_sample,
 )
 
+UNSEEN_PRIORS = ("detection", "both", "none")
+
 
 class ConditionEncoder(nn.Module):
     """Condition vector = cell-type embedding + (control token or perturbation embedding)."""
@@ -128,10 +130,12 @@ class DolorisModule(BaseModuleClass):
         fitted by leave-one-out on the seen tokens
         (:func:`~scdoloris.model._statistics.shrunk_mean_effect`), on the detection logits only
         (``"detection"``, default), on detection logits and expressed values (``"both"``), or
-        nothing (``"none"``). Chosen on a validation split carved from the Papalexi training
+        nothing (``"none"``). The seen tokens are all training tokens but molecules (genes,
+        measured or not, and other learned tokens such as a stimulation). Chosen on a validation split carved from the Papalexi training
         targets (``benchmarks/validate.py``): the detection part lowered the EMD of held-out
         knockouts, the expressed-value part raised the E-distance of knockouts without effect.
-        It acts at prediction only and can be switched on a trained module.
+        It acts at prediction only and can be switched on a trained module
+        (``module.unseen_prior = "none"``; a runtime switch, not saved with the model).
     cell_type_prior
         With several cell types: ``"pooled"`` (default), one effect per token shared by all
         cell types; ``"similarity"`` gives each token its own effect in every cell type where
@@ -139,7 +143,8 @@ class DolorisModule(BaseModuleClass):
         elsewhere weighted by how alike the cell types' controls are
         (:func:`~scdoloris.model._statistics.cell_type_effects`). Not the default: on the
         Kang validation splits of ``benchmarks/validate.py`` (one more stimulated cell type
-        held out) it raised the mean E-distance from 1.091 to 1.194 (seed 0): with each
+        held out) it raised the mean E-distance from 1.091 to 1.194 (seed 0, measured with
+        ``predict(start="latent")``; 1.057 to 1.116 with ``start="noise"``): with each
         type's own effect as the centre, the networks learn less of the cell-type-specific
         deviations that transfer to a new cell type.
     """
@@ -182,7 +187,7 @@ class DolorisModule(BaseModuleClass):
             ("mask_control_state", mask_control_state, ("cells", "gaussian")),
             ("target_control_state", target_control_state, ("cells", "gaussian")),
             ("prior", prior, ("additive", "none")),
-            ("unseen_prior", unseen_prior, ("detection", "both", "none")),
+            ("unseen_prior", unseen_prior, UNSEEN_PRIORS),
             ("cell_type_prior", cell_type_prior, ("similarity", "pooled")),
         ):
             if value not in allowed:
@@ -192,7 +197,7 @@ class DolorisModule(BaseModuleClass):
         self.mask_control_state = mask_control_state
         self.target_control_state = target_control_state
         self.prior = prior
-        self.unseen_prior = unseen_prior
+        self._unseen_prior = unseen_prior
         self.cell_type_prior = cell_type_prior
         # the additive prior: per-token effects on expressed values and on detection logits
         self.register_buffer("control_expressed_mean", torch.zeros(n_cell_types, n_genes))
@@ -271,6 +276,17 @@ class DolorisModule(BaseModuleClass):
                 )
             else:
                 self.mask_net = MaskNetwork(n_genes, n_cond, n_mask_hidden)
+
+    @property
+    def unseen_prior(self) -> str:
+        """``"detection"``, ``"both"`` or ``"none"`` (see the class docstring); settable."""
+        return self._unseen_prior
+
+    @unseen_prior.setter
+    def unseen_prior(self, value: str) -> None:
+        if value not in UNSEEN_PRIORS:
+            raise ValueError(f"unseen_prior must be one of {UNSEEN_PRIORS}, got {value!r}.")
+        self._unseen_prior = value
 
     # ------------------------------------------------------------------ state
     def set_statistics(
@@ -478,7 +494,12 @@ class DolorisModule(BaseModuleClass):
         node_idx: torch.Tensor | None = None,
         cell_type: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The additive prior on the mask: the sum of token effects on detection logits."""
+        """The additive prior on the mask: the sum of token effects on detection logits.
+
+        Per cell type with ``cell_type_prior="similarity"`` (``cell_type``); gene tokens never
+        seen in training (known by ``node_idx``) add the unseen-token effect unless
+        ``unseen_prior="none"``.
+        """
         if self.prior == "none":
             return torch.zeros(vocab_idx.shape[0], self.n_genes, device=vocab_idx.device)
         dosed = self._dose_prior("level_detection_effect", vocab_idx, dose)

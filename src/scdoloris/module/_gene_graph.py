@@ -214,7 +214,9 @@ class PerturbationEncoder(nn.Module):
             self.edge_index,
             relabel_nodes=True,
             num_nodes=self.node_features.shape[0],
-            directed=True,  # only the edges into the needed nodes and their in-neighbours
+            # only the edges into the needed nodes and their in-neighbours (all hops' edges
+            # since torch-geometric 2.7, hence its pin)
+            directed=True,
         )
         h = self.graph(self.node_features[subset], edges)[position]
         out = self.readout(h)
