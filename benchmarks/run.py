@@ -59,7 +59,7 @@ DOLORIS_VARIANTS = {
     "Doloris": ("default", {}),
     "Doloris no mask": ("no_mask", {"mask": "none"}),
     "Doloris no latent": ("default", {"start": "noise"}),
-    "Doloris bridge always": ("default", {"start": "latent"}),
+    "Doloris auto start": ("default", {"start": "auto"}),
     "Doloris no mu/sigma": ("no_mu_sigma", {}),
     "Doloris bernoulli mask": ("default", {"mask": "bernoulli"}),
     "Doloris coherent mask": ("default", {"mask": "coherent"}),
@@ -74,7 +74,7 @@ METHOD_SLUGS = {
     "doloris": "Doloris",
     "no_mask": "Doloris no mask",
     "no_latent": "Doloris no latent",
-    "bridge": "Doloris bridge always",
+    "auto_start": "Doloris auto start",
     "no_mu_sigma": "Doloris no mu/sigma",
     "bernoulli": "Doloris bernoulli mask",
     "coherent": "Doloris coherent mask",
@@ -668,7 +668,7 @@ def header(info: dict) -> str:
             "seeds and held-out conditions (E = E-distance on all genes, E DE20 on the "
             "condition's top 20 DE genes; EMD, RMSE and Pearson delta on all genes); `train s` "
             "and `predict s` are per run (all conditions), mean ± sd over seeds. Lower is better "
-            "except Pearson delta. Variants `no latent`, `bridge always`, `bernoulli mask`, "
+            "except Pearson delta. Variants `no latent`, `auto start`, `bernoulli mask`, "
             "`coherent mask`, `no residual` and `no unseen prior` reuse the default model, so "
             "they repeat its training time. Pearson delta is undefined (n/a) for NoChange, "
             "whose change from the input controls is zero.",
@@ -842,7 +842,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         default=None,
         help="comma-separated seeds at which the ablations with their own model (no mask, "
         "no mu/sigma, no prior) are trained; default: the first seed only ('all' for every "
-        "seed). Variants of the default model (no latent, bridge always, bernoulli, coherent, "
+        "seed). Variants of the default model (no latent, auto start, bernoulli, coherent, "
         "no residual, no unseen prior) run at every seed",
     )
     parser.add_argument(

@@ -23,7 +23,7 @@ TINY_METHODS = {
     "Doloris",
     "Doloris no mask",
     "Doloris no latent",
-    "Doloris bridge always",
+    "Doloris auto start",
     "Doloris no mu/sigma",
     "Doloris bernoulli mask",
     "Doloris coherent mask",

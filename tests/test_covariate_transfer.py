@@ -70,10 +70,10 @@ def test_auto_start_uses_noise_only_for_cell_types_never_seen_perturbed(kang_tra
     assert set(model.perturbed_cell_types_) == set(model.cell_types_) - {HELD_OUT}
     codes = np.array([model.cell_types_.index(HELD_OUT), model.cell_types_.index("B cells")])
     np.testing.assert_array_equal(model._starts_from_noise("auto", codes), [True, False])
-    assert pred.uns["scdoloris"]["start"] == "auto"
+    assert pred.uns["scdoloris"]["start"] == "latent"  # the default
     # for the held-out type "auto" is "noise" (same draws), not the bridge
     kw = {"cell_type": HELD_OUT, "seed": 0, "progress_bar": False, "n_steps": 10}
-    auto = model.predict(controls[:20], "stim", **kw)
+    auto = model.predict(controls[:20], "stim", start="auto", **kw)
     noise = model.predict(controls[:20], "stim", start="noise", **kw)
     bridge = model.predict(controls[:20], "stim", start="latent", **kw)
     np.testing.assert_array_equal(auto.X, noise.X)
