@@ -235,12 +235,12 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         # what an unseen gene token is expected to do: the shrunk mean effect of the seen
         # tokens other than molecules (genes, measured or not, and any other learned token, e.g.
         # a stimulation: nothing in a label tells an unmeasured gene from a stimulation)
-        genes_seen = np.asarray([t not in molecules.names for t in vocabulary], dtype=bool)
+        seen_not_molecule = np.asarray([t not in molecules.names for t in vocabulary], dtype=bool)
         unseen_expr, self.unseen_expressed_alpha_ = shrunk_mean_effect(
-            effects.token_expressed_effect[:n_vocab][genes_seen]
+            effects.token_expressed_effect[:n_vocab][seen_not_molecule]
         )
         unseen_logit, self.unseen_detection_alpha_ = shrunk_mean_effect(
-            effects.token_detection_effect[:n_vocab][genes_seen]
+            effects.token_detection_effect[:n_vocab][seen_not_molecule]
         )
         # per cell type, transferred to the cell types where a token was never measured
         typed, self.cell_type_temperature_ = {}, None
