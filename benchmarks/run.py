@@ -54,7 +54,10 @@ DOLORIS_MODELS = {
     "no_mask": {"use_mask": False},
     "no_mu_sigma": {"use_control_state": False},
     "no_prior": {"prior": "none"},
+    "no_unknown_type": {"cell_type_dropout": 0.0},
 }
+# models that differ from the default only with several cell types (trained in kang only)
+CELL_TYPE_MODELS = ("no_unknown_type",)
 DOLORIS_VARIANTS = {
     "Doloris": ("default", {}),
     "Doloris no mask": ("no_mask", {"mask": "none"}),
@@ -66,6 +69,7 @@ DOLORIS_VARIANTS = {
     "Doloris no prior": ("no_prior", {}),
     "Doloris no residual": ("default", {"residual": "none"}),
     "Doloris no unseen prior": ("default", {"module.unseen_prior": "none"}),
+    "Doloris no unknown cell type": ("no_unknown_type", {}),
 }
 BASELINES = ("NoChange", "MeanShift", "Additive", "LinearBaseline")
 FLOOR = "Split-half floor"
@@ -81,6 +85,7 @@ METHOD_SLUGS = {
     "no_prior": "Doloris no prior",
     "no_residual": "Doloris no residual",
     "no_unseen_prior": "Doloris no unseen prior",
+    "no_unknown_type": "Doloris no unknown cell type",
     "nochange": "NoChange",
     "meanshift": "MeanShift",
     "additive": "Additive",
@@ -199,7 +204,9 @@ def _seed_everything(seed: int) -> None:
     scvi.settings.seed = seed
 
 
-def train_doloris(split: Split, config: Config, model_kwargs: dict, seed: int):
+def train_doloris(
+    split: Split, config: Config, model_kwargs: dict, seed: int, train_kwargs: dict | None = None
+):
     """Set the seed, register a copy of the training cells and train a Doloris model.
 
     Parameters
@@ -212,6 +219,8 @@ def train_doloris(split: Split, config: Config, model_kwargs: dict, seed: int):
         Module keyword arguments of the variant (ablation switches).
     seed
         ``scvi.settings.seed``.
+    train_kwargs
+        More keyword arguments of :meth:`~scdoloris.DolorisModel.train`.
 
     Returns
     -------
@@ -224,7 +233,7 @@ def train_doloris(split: Split, config: Config, model_kwargs: dict, seed: int):
     start = time.perf_counter()
     DolorisModel.setup_anndata(adata, **split.setup)
     model = DolorisModel(adata, **config.model_kwargs, **model_kwargs)
-    model.train(max_epochs=config.max_epochs, enable_progress_bar=False)
+    model.train(max_epochs=config.max_epochs, enable_progress_bar=False, **(train_kwargs or {}))
     return model, time.perf_counter() - start
 
 
@@ -273,6 +282,8 @@ def run_doloris(split: Split, config: Config, seed: int) -> dict[str, Prediction
     variants = {m: v for m, v in DOLORIS_VARIANTS.items() if m in config.methods}
     if not config.retrains(seed):  # only the variants of the default model at this seed
         variants = {m: v for m, v in variants.items() if v[0] == "default"}
+    if split.setup.get("cell_type_key") is None:  # one cell type: these equal the default
+        variants = {m: v for m, v in variants.items() if v[0] not in CELL_TYPE_MODELS}
     for model_name in dict.fromkeys(v[0] for v in variants.values()):
         model, train_s = train_doloris(split, config, DOLORIS_MODELS[model_name], seed)
         for method, (used, options) in variants.items():

@@ -11,8 +11,10 @@ the same kind, trains Doloris on the rest and scores prediction options and base
     Hold out the training targets STAT1, UBE2L6 and TNFRSF14 (targets that are measured
     genes, as the test's are).
 ``kang``
-    Hold out the stimulated cells of one more cell type (fold ``CD4 T cells`` or
-    ``FCGR3A+ Monocytes``), as the test holds out CD14+ Monocytes and B cells.
+    Hold out the stimulated cells of one more cell type (fold ``CD4 T cells``,
+    ``CD8 T cells`` or ``FCGR3A+ Monocytes``), as the test holds out CD14+ Monocytes and B
+    cells. (Session 3's figures used the CD4 T and FCGR3A+ folds only; ``--kang-folds``
+    chooses.)
 
 In each, the training controls (of the held-out cell type for ``kang``) are halved again: one
 half trains, the other half is the input, as in :mod:`protocols`.
@@ -27,8 +29,9 @@ Usage::
 of :meth:`~scdoloris.DolorisModel.predict` arguments, or ``module.NAME=value`` to set a module
 attribute for that prediction, e.g. ``module.unseen_prior=none``; ``""`` is the default);
 ``--model``
-passes module keyword arguments to the trained model. Values are parsed as Python literals
-when they are ones (``0.5``, ``None``), else kept as strings.
+passes module keyword arguments to the trained model, ``--train`` arguments of
+:meth:`~scdoloris.DolorisModel.train` (e.g. ``lr_schedule=cosine``). Values are parsed as
+Python literals when they are ones (``0.5``, ``None``), else kept as strings.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from run import (
 
 VALIDATION_PAIRS = ("SAMD1+PTPN12", "CNN1+MAPK1")
 VALIDATION_TARGETS = ("STAT1", "UBE2L6", "TNFRSF14")
-VALIDATION_CELL_TYPES = ("CD4 T cells", "FCGR3A+ Monocytes")
+VALIDATION_CELL_TYPES = ("CD4 T cells", "CD8 T cells", "FCGR3A+ Monocytes")
 FOLDS = {
     "norman": [VALIDATION_PAIRS],
     "papalexi": [VALIDATION_TARGETS],
@@ -134,11 +137,14 @@ def carve_cell_types(split: Split, held_out: tuple[str, ...], seed: int) -> Spli
     )
 
 
-def validation_splits(name: str, seed: int = protocols.SPLIT_SEED) -> list[Split]:
-    """The validation folds of one protocol (see the module docstring)."""
+def validation_splits(
+    name: str, seed: int = protocols.SPLIT_SEED, folds: list[tuple[str, ...]] | None = None
+) -> list[Split]:
+    """The validation folds of one protocol (see the module docstring; ``folds`` replaces
+    the protocol's default held-out sets)."""
     split = protocols.PROTOCOLS[name]()
     carve = carve_cell_types if name == "kang" else carve_perturbations
-    return [carve(split, held, seed) for held in FOLDS[name]]
+    return [carve(split, held, seed) for held in folds or FOLDS[name]]
 
 
 def parse_settings(text: str) -> dict:
@@ -156,7 +162,13 @@ def parse_settings(text: str) -> dict:
 
 
 def validate(
-    name: str, options: list[str], model_kwargs: dict, seeds: list[int], baselines: bool
+    name: str,
+    options: list[str],
+    model_kwargs: dict,
+    seeds: list[int],
+    baselines: bool,
+    folds: list[tuple[str, ...]] | None = None,
+    train_kwargs: dict | None = None,
 ) -> pd.DataFrame:
     """Train on every validation fold of ``name`` and score each prediction option.
 
@@ -166,10 +178,10 @@ def validate(
     """
     config = Config(protocols=[name], seeds=seeds, methods=[], out=Path("."))
     rows = []
-    for split in validation_splits(name):
+    for split in validation_splits(name, folds=folds):
         print(f"[{name}] held out {[c.name for c in split.conditions]}: train {split.train.n_obs}")
         for seed in seeds:
-            model, train_s = train_doloris(split, config, model_kwargs, seed)
+            model, train_s = train_doloris(split, config, model_kwargs, seed, train_kwargs)
             print(f"  seed {seed}: trained in {train_s:.1f} s")
             for text in options:
                 predict = _doloris_predictor(model, seed, parse_settings(text))
@@ -207,10 +219,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocols", nargs="+", default=list(FOLDS), choices=list(FOLDS))
     parser.add_argument("--options", nargs="+", default=[""], help="prediction settings")
     parser.add_argument("--model", default="", help="module keyword arguments, key=value,...")
+    parser.add_argument("--train", default="", help="DolorisModel.train arguments, key=value,...")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--csv", type=Path, default=None, help="also write the rows here")
+    parser.add_argument(
+        "--kang-folds",
+        nargs="+",
+        default=None,
+        help=f"kang: the cell types held out, one fold each (default {VALIDATION_CELL_TYPES})",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -220,7 +239,15 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     results = pd.concat(
         [
-            validate(p, args.options, parse_settings(args.model), args.seeds, not args.no_baselines)
+            validate(
+                p,
+                args.options,
+                parse_settings(args.model),
+                args.seeds,
+                not args.no_baselines,
+                [(ct,) for ct in args.kang_folds] if args.kang_folds and p == "kang" else None,
+                parse_settings(args.train),
+            )
             for p in args.protocols
         ]
     )

@@ -34,6 +34,7 @@ from .._constants import DEFAULT_CELL_TYPE, PAD, REGISTRY_KEYS
 from .._fields import PerturbationTokenField, tokenize_column
 from .._perturbation import format_tokens
 from ..module import DolorisModule
+from ..module._doloris import CELL_TYPE_DROPOUT
 from ..module._mask_sampler import CoherentMaskSampler, MaskBank, build_mask_bank
 from ..module._residual import residual_expression
 from ..train import DolorisTrainingPlan
@@ -207,6 +208,8 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             "n_node_features": stats.node_features.shape[1],
             "n_edges": stats.edge_index.shape[1],
             "n_gene_edges": int((stats.edge_index < len(genes)).all(0).sum()),
+            # recorded so that a saved model keeps it if the default changes
+            "cell_type_dropout": CELL_TYPE_DROPOUT,
             **PRESETS[preset],
             **module_kwargs,
         }
@@ -225,6 +228,9 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             torch.from_numpy(stats.edge_index),
             torch.from_numpy(stats.vocab_to_node),
         )
+        if self.module.cell_type_dropout > 0:
+            perturbed = np.isin(np.asarray(self.cell_types_), self.perturbed_cell_types_)
+            self.module.perturbed_cell_type.copy_(torch.from_numpy(perturbed))
         # the additive prior; a molecule token at each training dose is a token of its own
         n_vocab = len(vocabulary)
         prior_tokens = tokens
@@ -418,6 +424,7 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         mask_lr: float = 1e-3,
         mask_weight_decay: float = 1e-2,
         stage: Literal["all", "diffusion", "mask"] = "all",
+        lr_schedule: Literal["constant", "cosine"] = "constant",
         train_size: float = 1.0,
         validation_size: float | None = None,
         accelerator: str = "auto",
@@ -443,6 +450,9 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         stage
             ``"all"``, ``"diffusion"`` (source and target only) or ``"mask"`` (mask only): train
             or retrain one part.
+        lr_schedule
+            ``"constant"`` or ``"cosine"`` (both learning rates decay to 1% of their value over
+            the run, see :class:`~scdoloris.train.DolorisTrainingPlan`).
         train_size, validation_size
             Fractions of cells for training and validation. All cells train by default: the
             evaluation that matters holds out perturbations, not cells.
@@ -475,6 +485,7 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             "mask_lr": mask_lr,
             "mask_weight_decay": mask_weight_decay,
             "stage": stage,
+            "lr_schedule": lr_schedule,
             **(plan_kwargs or {}),
         }
         # log at least once per epoch (Lightning warns when an epoch is shorter than the interval)
@@ -1141,6 +1152,8 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
                 f"{dir_path!r} holds a {registry[_MODEL_NAME_KEY]}, not a {cls.__name__}."
             )
         model = _initialize_model(cls, False, registry, attr_dict, None)
+        # models saved before the unknown cell type existed had none
+        model.module_kwargs_.setdefault("cell_type_dropout", 0.0)
         model.module = DolorisModule(**model.module_kwargs_)
         state_dict.pop("pyro_param_store", None)
         # models saved before the unseen-token and per-cell-type priors: both off (zeros)
