@@ -233,7 +233,8 @@ def train_doloris(
     start = time.perf_counter()
     DolorisModel.setup_anndata(adata, **split.setup)
     model = DolorisModel(adata, **config.model_kwargs, **model_kwargs)
-    model.train(max_epochs=config.max_epochs, enable_progress_bar=False, **(train_kwargs or {}))
+    train_kwargs = {"max_epochs": config.max_epochs, **(train_kwargs or {})}
+    model.train(enable_progress_bar=False, **train_kwargs)
     return model, time.perf_counter() - start
 
 

@@ -143,6 +143,11 @@ def validation_splits(
     """The validation folds of one protocol (see the module docstring; ``folds`` replaces
     the protocol's default held-out sets)."""
     split = protocols.PROTOCOLS[name]()
+    if name == "kang" and folds:
+        known = set(split.train.obs[split.setup["cell_type_key"]].astype(str))
+        unknown = sorted({ct for held in folds for ct in held} - known)
+        if unknown:
+            raise ValueError(f"Unknown kang cell types {unknown}; choose from {sorted(known)}.")
     carve = carve_cell_types if name == "kang" else carve_perturbations
     return [carve(split, held, seed) for held in folds or FOLDS[name]]
 

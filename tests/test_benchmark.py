@@ -143,3 +143,12 @@ def test_wins_and_losses_names_the_best_baseline():
     table = run.summary_table(results)
     assert list(table["method"]) == ["Doloris", "NoChange", "Additive"]
     assert table.loc[0, "E"] == "0.400 ± 0.000"
+
+
+def test_validation_refuses_an_unknown_kang_fold():
+    _require("kang")
+    validate = _load("validate")
+    with pytest.raises(ValueError, match=r"Unknown kang cell types \['T cells'\]"):
+        validate.validation_splits("kang", folds=[("T cells",)])
+    splits = validate.validation_splits("kang", folds=[("CD8 T cells",)])
+    assert [c.name for c in splits[0].conditions] == ["stim | CD8 T cells"]

@@ -163,3 +163,15 @@ def test_a_model_saved_before_the_unknown_cell_type_loads_without_it(held_out_ty
     finally:
         model.module.cell_type_dropout = 0.5
     np.testing.assert_array_equal(loaded.predict(cells, single, **kw).X, expected)
+
+
+def test_the_source_network_and_the_latent_never_see_the_unknown_type(held_out_type_model):
+    model, controls, _ = held_out_type_model
+    cells = controls[(controls.obs["cell_type"] == HELD_OUT).to_numpy()]
+    unknown = model.get_latent(cells, cell_type=HELD_OUT, seed=0, n_steps=5)
+    model.module.cell_type_dropout = 0.0
+    try:
+        own = model.get_latent(cells, cell_type=HELD_OUT, seed=0, n_steps=5)
+    finally:
+        model.module.cell_type_dropout = 0.5
+    np.testing.assert_array_equal(unknown, own)

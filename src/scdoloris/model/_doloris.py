@@ -451,8 +451,8 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             ``"all"``, ``"diffusion"`` (source and target only) or ``"mask"`` (mask only): train
             or retrain one part.
         lr_schedule
-            ``"constant"`` or ``"cosine"`` (both learning rates decay to 1% of their value over
-            the run, see :class:`~scdoloris.train.DolorisTrainingPlan`).
+            ``"constant"`` or ``"cosine"`` (the learning rates of the trained parts decay to 1%
+            of their value over the run, see :class:`~scdoloris.train.DolorisTrainingPlan`).
         train_size, validation_size
             Fractions of cells for training and validation. All cells train by default: the
             evaluation that matters holds out perturbations, not cells.

@@ -176,9 +176,12 @@ class DolorisModule(BaseModuleClass):
         With several cell types: the fraction of training cells whose target and mask
         conditions take an "unknown cell type" embedding instead of their own; at prediction
         the cells of a cell type without perturbed training cells (a held-out cell type) take
-        it. Their cell identity still reaches the networks through the latent and the
-        control-state input, but not through an embedding that was only ever trained next to
-        the control token. ``0`` turns it off; ``1`` never gives these networks a cell type.
+        it. Their cell identity still reaches the networks through the control-state input
+        (and the encoded latent, with ``predict(start="latent")``), but not through an
+        embedding that was only ever trained next to the control token. ``0`` turns it off;
+        ``1`` never gives these networks a cell type. On a module built with it,
+        ``module.cell_type_dropout = 0`` switches to each cell type's own embedding at
+        prediction (a runtime switch, not saved with the model).
         Default 0.5, chosen on the Kang validation splits of ``benchmarks/validate.py``
         (stimulated CD4 T cells, CD8 T cells and FCGR3A+ Monocytes held out in turn, seeds
         0-2): mean E-distance 0.890 and EMD 0.0788 against 0.923 and 0.0847 without it
