@@ -229,7 +229,7 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             torch.from_numpy(stats.vocab_to_node),
         )
         if self.module.cell_type_dropout > 0:
-            perturbed = np.isin(np.asarray(self.cell_types_), self.perturbed_cell_types_)
+            perturbed = self._perturbed_cell_type_mask()
             self.module.perturbed_cell_type.copy_(torch.from_numpy(perturbed))
         # the additive prior; a molecule token at each training dose is a token of its own
         n_vocab = len(vocabulary)
@@ -722,13 +722,18 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             plans.append(plan)
         return plans
 
+    def _perturbed_cell_type_mask(self) -> np.ndarray | None:
+        """Per cell type (``cell_types_`` order): had it perturbed training cells? ``None`` for
+        a model saved before ``perturbed_cell_types_`` existed."""
+        seen = getattr(self, "perturbed_cell_types_", None)
+        return None if seen is None else np.isin(np.asarray(self.cell_types_), seen)
+
     def _starts_from_noise(self, start: str, codes: np.ndarray) -> np.ndarray:
         """Which cells decode from N(0, I) instead of their encoded latent (see predict)."""
         if start == "auto":
-            seen = getattr(self, "perturbed_cell_types_", None)
-            if seen is None:  # a model saved before the attribute existed: the bridge
+            perturbed = self._perturbed_cell_type_mask()
+            if perturbed is None:  # a model saved before the attribute existed: the bridge
                 return np.zeros(len(codes), dtype=bool)
-            perturbed = np.isin(np.asarray(self.cell_types_), seen)
             return ~perturbed[codes]
         return np.full(len(codes), start == "noise")
 
