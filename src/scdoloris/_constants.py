@@ -15,4 +15,7 @@ class _RegistryKeys(NamedTuple):
 REGISTRY_KEYS = _RegistryKeys()
 TOKENS_OBSM_KEY = "_scdoloris_tokens"
 PAD = -1
+# a token the model has no vocabulary entry, gene node or molecule row for: it is embedded as
+# the generic perturbation (see DolorisModule.inference and DolorisModel.predict(allow_unknown=))
+UNKNOWN = -2
 DEFAULT_CELL_TYPE = "all"

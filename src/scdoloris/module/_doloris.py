@@ -6,7 +6,7 @@ import torch
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
-from .._constants import PAD, REGISTRY_KEYS
+from .._constants import PAD, REGISTRY_KEYS, UNKNOWN
 from ._denoiser import Denoiser
 from ._dose import dose_prior_weights, encode_dose
 from ._gene_graph import PerturbationEncoder
@@ -24,6 +24,36 @@ from ._schedule import (
 )
 
 UNSEEN_PRIORS = ("detection", "both", "none")
+# the fraction of training tokens seen as unknown (no embedding, the unseen-token prior), so that
+# a token the model knows nothing about is predicted as the generic perturbation
+UNKNOWN_TOKEN_RATE = 0.1
+
+
+def unknown_token_dropout(
+    vocab_idx: torch.Tensor,
+    node_idx: torch.Tensor,
+    mol_idx: torch.Tensor | None,
+    rate: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Replace a random ``rate`` of the tokens by the unknown token (training only).
+
+    A replaced token loses its vocabulary entry, gene node and molecule row: its embedding is
+    nothing and the additive prior counts it as an unseen token, exactly as an unknown token at
+    prediction, so that the networks learn what a perturbation does when nothing is known of it
+    (the generic response of the training data).
+
+    Examples
+    --------
+    >>> v, n, m = unknown_token_dropout(torch.tensor([[3, -1]]), torch.tensor([[7, -1]]), None, 1.0)
+    >>> v.tolist(), n.tolist(), m
+    ([[-2, -1]], [[-1, -1]], None)
+    """
+    drop = (torch.rand(vocab_idx.shape, device=vocab_idx.device) < rate) & (vocab_idx >= 0)
+    vocab_idx = torch.where(drop, UNKNOWN, vocab_idx)
+    node_idx = torch.where(drop, PAD, node_idx)
+    if mol_idx is not None:
+        mol_idx = torch.where(drop, PAD, mol_idx)
+    return vocab_idx, node_idx, mol_idx
 CELL_TYPE_DROPOUT = 0.5  # the default of DolorisModule(cell_type_dropout=...)
 
 
@@ -500,7 +530,8 @@ class DolorisModule(BaseModuleClass):
         With ``cell_type`` and a per-cell-type table ``typed`` (cell types x tokens x genes;
         used when ``cell_type_prior="similarity"``) each cell takes its cell type's row. Gene
         tokens outside the training vocabulary (``vocab_idx`` PAD but a node in ``node_idx``)
-        add ``unseen`` (the unseen-token effect) each; other tokens add nothing.
+        and unknown tokens (``vocab_idx`` :data:`UNKNOWN`) add ``unseen`` (the unseen-token
+        effect) each; other tokens add nothing.
         """
         per_type = (
             typed is not None
@@ -511,12 +542,14 @@ class DolorisModule(BaseModuleClass):
         if table.shape[0] == 0:
             out = table.new_zeros(vocab_idx.shape[0], self.n_genes)
         else:
-            known = (vocab_idx != PAD).unsqueeze(-1)
+            known = (vocab_idx >= 0).unsqueeze(-1)
             safe = vocab_idx.clamp_min(0)
             rows = typed[cell_type.unsqueeze(-1), safe] if per_type else table[safe]
             out = (rows * known).sum(1)
-        if node_idx is not None and unseen is not None and self.unseen_prior != "none":
-            n_unseen = ((vocab_idx == PAD) & (node_idx != PAD)).sum(-1, keepdim=True)
+        if unseen is not None and self.unseen_prior != "none":
+            node_idx = torch.full_like(vocab_idx, PAD) if node_idx is None else node_idx
+            unseen_gene = (vocab_idx == PAD) & (node_idx != PAD)
+            n_unseen = (unseen_gene | (vocab_idx == UNKNOWN)).sum(-1, keepdim=True)
             out = out + n_unseen.to(unseen.dtype) * unseen
         return out
 
@@ -693,6 +726,10 @@ class DolorisModule(BaseModuleClass):
         mol_idx = self.molecule_indices(vocab_idx)
         vocab_idx, node_idx, mol_idx, dose = self.dosed_tokens(vocab_idx, node_idx, mol_idx, dose)
         is_control = (vocab_idx == PAD).all(-1)
+        if self.training and UNKNOWN_TOKEN_RATE > 0:
+            vocab_idx, node_idx, mol_idx = unknown_token_dropout(
+                vocab_idx, node_idx, mol_idx, UNKNOWN_TOKEN_RATE
+            )
         # the gene-graph pass only when a token of the batch is a node of the graph (never for
         # tokens without a gene, e.g. a stimulation or a molecule), and only on the subgraph
         # the batch's nodes depend on

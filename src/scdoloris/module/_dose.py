@@ -100,5 +100,5 @@ def dose_prior_weights(
         finite, (high - d) / (high - x).clamp_min(1e-12), torch.full_like(rising, float("inf"))
     )
     hat = torch.minimum(rising, falling).clamp(0.0, 1.0)  # cells x levels
-    carries = (vocab_idx.unsqueeze(-1) == level_token) & (vocab_idx != PAD).unsqueeze(-1)
+    carries = (vocab_idx.unsqueeze(-1) == level_token) & (vocab_idx >= 0).unsqueeze(-1)
     return hat * carries.any(1).to(hat.dtype)

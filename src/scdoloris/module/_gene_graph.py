@@ -248,7 +248,7 @@ class PerturbationEncoder(nn.Module):
         dose
             Each cell's dose on the model's scale; ``None``: molecule tokens are not gated.
         """
-        in_vocab = vocab_idx != PAD
+        in_vocab = vocab_idx >= 0  # not padding, not an unknown token
         emb = self.learned(vocab_idx.clamp_min(0)) * in_vocab.unsqueeze(-1)
         featured, extra = None, []
         if nodes is not None:

@@ -76,7 +76,7 @@ class MoleculeEncoder(nn.Module):
 
     def molecule_indices(self, vocab_idx: torch.Tensor) -> torch.Tensor:
         """Molecule rows of training tokens (``-1`` for padding and tokens that are no molecule)."""
-        return torch.where(vocab_idx == PAD, PAD, self.vocab_to_molecule[vocab_idx.clamp_min(0)])
+        return torch.where(vocab_idx < 0, PAD, self.vocab_to_molecule[vocab_idx.clamp_min(0)])
 
     def forward(self, mol_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Feature embeddings of molecule tokens and whether each token has features.

@@ -1,0 +1,263 @@
+"""Summaries of the cross-validated benchmark: per task kind, intervals, win rates, verdicts.
+
+Every number here is computed from ``results/<task>.csv`` (one row per condition, view,
+method and seed, written by ``run.py``); ``RESULTS.md`` is rebuilt from those files, so a run
+of some task kinds keeps the others' sections.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+DOLORIS = "Doloris"
+UNCALIBRATED = "Doloris uncalibrated"
+BASELINES = ("NoChange", "MeanShift", "Additive")
+FLOOR = "Split-half floor"
+METRICS = (  # (column, header, lower is better)
+    ("e_distance", "E", True),
+    ("emd", "EMD", True),
+    ("e_distance_DE20", "E DE20", True),
+    ("pearson_delta", "Pearson delta", False),
+    ("rank", "rank", True),
+)
+N_BOOT = 2000
+ORDER = (DOLORIS, UNCALIBRATED)
+
+
+def condition_means(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Conditions x methods: the metric averaged over seeds."""
+    return table.groupby(["condition", "method"])[metric].mean().unstack("method")
+
+
+def seed_means(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per method and seed (deterministic methods: one "seed"): the mean over conditions."""
+    t = table.assign(seed=table["seed"].fillna(-1))
+    return t.groupby(["method", "seed"])[metric].mean().unstack("method")
+
+
+def bootstrap_ci(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean, resampling conditions."""
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if len(values) < 2:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    boots = values[rng.integers(0, len(values), (N_BOOT, len(values)))].mean(1)
+    return float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+def best_baseline(table: pd.DataFrame, metric: str) -> str | None:
+    """The baseline with the lowest mean of ``metric`` over conditions (seed-averaged)."""
+    cm = condition_means(table, metric)
+    present = [b for b in BASELINES if b in cm]
+    if not present:
+        return None
+    return min(present, key=lambda b: cm[b].mean())
+
+
+def summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per method: mean ± seed sd, median, interval of every metric; train seconds."""
+    rows = []
+    methods = sorted(table["method"].unique(), key=_method_order)
+    for m in methods:
+        sub = table[table["method"] == m]
+        row = {"method": m, "runs": int(sub["seed"].nunique()) or 1}
+        for col, head, _ in METRICS:
+            cm = condition_means(sub, col)[m]
+            sm = seed_means(sub, col)[m]
+            sd = float(sm.std(ddof=1)) if len(sm) > 1 else float("nan")
+            lo, hi = bootstrap_ci(cm.to_numpy())
+            row[head] = float(cm.mean())
+            row[f"{head} sd"] = sd
+            row[f"{head} median"] = float(cm.median())
+            row[f"{head} lo"], row[f"{head} hi"] = lo, hi
+        per_run = sub.drop_duplicates(["fold", "seed"])["train_seconds"]
+        row["train s"] = float(per_run.mean())
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("method")
+
+
+def _method_order(m: str) -> tuple:
+    if m in ORDER:
+        return (0, ORDER.index(m))
+    if m.startswith("Doloris"):
+        return (1, m)
+    if m in BASELINES:
+        return (2, BASELINES.index(m))
+    return (3 if m != FLOOR else 4, m)
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def markdown_table(s: pd.DataFrame) -> str:
+    """The summary as markdown: mean ± seed sd [95% interval over conditions] (median)."""
+    heads = ["method", "runs"] + [h for _, h, _ in METRICS] + ["train s"]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for m, r in s.iterrows():
+        cells = [m, str(r["runs"])]
+        for col, h, _ in METRICS:
+            digits = 4 if col == "emd" else 3
+            sd = "" if not np.isfinite(r[f"{h} sd"]) else f" ± {_fmt(r[f'{h} sd'], digits)}"
+            cells.append(
+                f"{_fmt(r[h], digits)}{sd} [{_fmt(r[f'{h} lo'], digits)}, "
+                f"{_fmt(r[f'{h} hi'], digits)}] ({_fmt(r[f'{h} median'], digits)})"
+            )
+        cells.append(f"{r['train s']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def comparison(table: pd.DataFrame, method: str, metric: str) -> dict | None:
+    """``method`` against the best baseline of ``metric``: means, the mean difference with its
+    bootstrap interval over conditions, the seed-to-seed sd of the method's mean, and the
+    per-condition win rate against every baseline (lower is better)."""
+    cm = condition_means(table, metric)
+    best = best_baseline(table, metric)
+    if best is None or method not in cm:
+        return None
+    diff = (cm[method] - cm[best]).to_numpy()
+    sm = seed_means(table[table["method"] == method], metric)[method]
+    wins = {b: float((cm[method] < cm[b]).mean()) for b in BASELINES if b in cm}
+    return {
+        "method": method,
+        "metric": metric,
+        "value": float(cm[method].mean()),
+        "best": best,
+        "best_value": float(cm[best].mean()),
+        "diff": float(np.nanmean(diff)),
+        "diff_ci": bootstrap_ci(diff),
+        "seed_sd": float(sm.std(ddof=1)) if len(sm) > 1 else float("nan"),
+        "wins": wins,
+    }
+
+
+def verdict(c: dict) -> str:
+    """"better" (by more than the seed sd), "not worse" (within it or better by less), "worse"."""
+    margin = c["best_value"] - c["value"]
+    sd = c["seed_sd"] if np.isfinite(c["seed_sd"]) else 0.0
+    if margin > sd:
+        return "better"
+    if margin >= 0:
+        return "not worse"
+    return "worse"
+
+
+def comparison_lines(table: pd.DataFrame) -> list[str]:
+    lines = []
+    for method in (DOLORIS, UNCALIBRATED):
+        for col, head in (("e_distance", "E"), ("emd", "EMD")):
+            c = comparison(table, method, col)
+            if c is None:
+                continue
+            digits = 4 if col == "emd" else 3
+            wins = ", ".join(f"{b} {100 * w:.0f}%" for b, w in c["wins"].items())
+            lines.append(
+                f"- {method}, {head}: {_fmt(c['value'], digits)} vs best baseline {c['best']} "
+                f"{_fmt(c['best_value'], digits)}: difference {c['diff']:+.{digits}f} "
+                f"[{_fmt(c['diff_ci'][0], digits)}, {_fmt(c['diff_ci'][1], digits)}], seed sd "
+                f"{_fmt(c['seed_sd'], digits)}: **{verdict(c)}**; conditions won: {wins}."
+            )
+    return lines
+
+
+def calibration_lines(record: dict) -> list[str]:
+    choices = record.get("calibrations") or []
+    if not choices:
+        return []
+    frame = pd.DataFrame(choices).drop(columns=["task"])
+    kinds = [c for c in frame.columns if c not in ("fold", "seed")]
+    lines = ["Calibration chosen by each fold's inner validation (baseline and model weight):", ""]
+    for kind in kinds:
+        counts = frame[kind].dropna().value_counts()
+        lines.append(f"- {kind}: " + ", ".join(f"{k} ({n}x)" for k, n in counts.items()))
+    return lines
+
+
+def task_section(name: str, table: pd.DataFrame, record: dict) -> str:
+    """One task kind's section of RESULTS.md."""
+    out = [f"## {name}", ""]
+    out.append(
+        f"Run: `{record['command']}` at commit `{record['commit']}`, {record['date']}, "
+        f"{record['seconds']:.0f} s; seeds {record.get('seeds')}; "
+        f"{table['fold'].nunique()} folds, {table['condition'].nunique()} conditions."
+    )
+    for view in [v for v in ("train", "held-out") if v in set(table["view"])]:
+        sub = table[table["view"] == view]
+        title = "input: the controls in training" if view == "train" else (
+            "input: held-out controls (second view)")
+        out += ["", f"### {title}", "", markdown_table(summary(sub)), ""]
+        out += comparison_lines(sub)
+    out += [""] + calibration_lines(record)
+    return "\n".join(out)
+
+
+def overview(results: dict[str, pd.DataFrame]) -> list[str]:
+    """The first table of RESULTS.md: per task kind (main view), Doloris vs the best baseline."""
+    lines = [
+        "| task kind | Doloris E | uncalibrated E | best baseline E | Doloris EMD | "
+        "uncalibrated EMD | best baseline EMD | verdict E | verdict EMD |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, table in results.items():
+        sub = table[table["view"] == "train"]
+        cells = [name]
+        verdicts = []
+        for col in ("e_distance", "emd"):
+            c = comparison(sub, DOLORIS, col)
+            u = comparison(sub, UNCALIBRATED, col)
+            d = 4 if col == "emd" else 3
+            if c is None:
+                cells += ["n/a"] * 3
+                verdicts.append("n/a")
+                continue
+            sd = f" ± {_fmt(c['seed_sd'], d)}" if np.isfinite(c["seed_sd"]) else ""
+            cells += [
+                f"{_fmt(c['value'], d)}{sd}",
+                _fmt(u["value"], d) if u else "n/a",
+                f"{_fmt(c['best_value'], d)} ({c['best']})",
+            ]
+            verdicts.append(verdict(c))
+        lines.append("| " + " | ".join(cells[:1] + cells[1:4:1] + cells[4:] + verdicts) + " |")
+    return lines
+
+
+def build(out_dir: Path, info: dict) -> str:
+    """RESULTS.md from every ``results/<task>.csv`` and its run record."""
+    import tasks
+
+    results, sections = {}, []
+    for name in tasks.TASKS:
+        csv = out_dir / "results" / f"{name}.csv"
+        if not csv.exists():
+            continue
+        table = pd.read_csv(csv)
+        record = json.loads((out_dir / "results" / f"{name}.json").read_text())
+        results[name] = table
+        sections.append(task_section(name, table, record))
+    head = [
+        "# scdoloris benchmark results (cross-validated)",
+        "",
+        "Generated by `benchmarks/run.py` from `benchmarks/results/`; the task kinds and methods "
+        "are documented in `benchmarks/README.md`. Do not edit by hand.",
+        "",
+        f"- Last command: `{info['command']}`",
+        f"- Commit: `{info['commit']}`; date {info['date']}",
+        f"- Machine: {info['machine']}",
+        "",
+        "Values: mean over conditions (each the mean over seeds) ± the sd over seeds of the "
+        "mean over conditions, [95% bootstrap interval over conditions] (median over "
+        "conditions). Lower is better except Pearson delta. `rank`: fraction of the task "
+        "kind's other conditions whose real mean is closer to the prediction's mean than its "
+        "own (0 best, 0.5 chance). Verdicts: Doloris against the best of NoChange, MeanShift "
+        "and Additive on that metric; \"better\" means by more than the seed-to-seed sd.",
+        "",
+        *overview(results),
+        "",
+    ]
+    return "\n".join(head + sections) + "\n"

@@ -1,0 +1,259 @@
+"""The inner validation of ``DolorisModel.train``: an inner model scored on held-out training
+conditions, from which the calibration (:mod:`._calibration`) is chosen."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from .._constants import PAD, REGISTRY_KEYS
+from .._perturbation import format_tokens
+from ..baselines import Additive, MeanShift
+from ..metrics import e_distance, emd
+from ._calibration import BASELINES, WEIGHTS, Calibration, ConditionKey, blend, plan_validation
+
+logger = logging.getLogger(__name__)
+
+MAX_CELLS = 300  # cells per condition (inputs and real cells) scored by the inner validation
+MAX_TRAIN_CELLS = 1000  # cells per condition in the inner model's training data
+SEEN_FRACTION = 0.3  # of a "seen" validation condition's cells, held out
+# a label delimiter that never occurs: the dose-aware baselines treat each condition as a whole
+_WHOLE = "\x00"
+
+
+class BaselineShifts:
+    """The baselines' changes, fitted once on the training data and kept with the model.
+
+    ``MeanShift`` for every condition (the exact condition if seen in the cell type, else its
+    change in other cell types, else the change of all perturbed cells) and ``Additive`` (the
+    sum of single-token changes) where every token was seen alone; without doses only.
+
+    Parameters
+    ----------
+    adata
+        Training cells with the columns ``condition`` (the perturbation, with `` @ <dose>``
+        for a model with doses) and ``cell_type`` (absent: one cell type).
+    control_group, delimiter
+        Of the labels.
+    """
+
+    def __init__(self, adata: ad.AnnData, control_group: str, delimiter: str):
+        key = "cell_type" if "cell_type" in adata.obs else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.mean_shift = MeanShift().fit(
+                adata, "condition", control_group, key, combination_delimiter=delimiter
+            )
+        self.additive = None
+        if delimiter != _WHOLE:
+            self.additive = Additive()
+            self.additive.training_ = self.mean_shift.training_
+
+    def delta(self, baseline: str, label: str, cell_type: str) -> np.ndarray | None:
+        """The change ``baseline`` adds to control cells of ``cell_type`` (None: none).
+
+        ``"Additive"`` falls back to ``"MeanShift"`` where a token was never seen alone.
+        """
+        if baseline == "NoChange":
+            return None
+        if baseline == "Additive" and self.additive is not None:
+            try:
+                self.additive._check_perturbation(label)
+                return self.additive._delta(label, cell_type)
+            except ValueError:
+                pass
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return self.mean_shift._delta(label, cell_type)
+
+    def predict(self, baseline: str, X: np.ndarray, label: str, cell_types: np.ndarray):
+        """The baseline's prediction of ``label`` from input cells ``X`` (dense)."""
+        out = X.copy()
+        for ct in np.unique(cell_types):
+            delta = self.delta(baseline, label, str(ct))
+            if delta is not None:
+                rows = cell_types == ct
+                out[rows] = np.maximum(X[rows] + delta, 0.0)
+        return out
+
+
+class InnerValidationMixin:
+    """What :meth:`DolorisModel.train` needs for its inner validation and calibration."""
+
+    def _condition_table(self) -> pd.DataFrame:
+        """Per registered cell: condition label, cell type name, dose and condition key."""
+        manager = self.adata_manager
+        tokens = self._registered_tokens()
+        codes = np.asarray(manager.get_from_registry(REGISTRY_KEYS.CELL_TYPE_KEY)).ravel()
+        dose = self._registered_doses()
+        dose_labels = self._dose_labels(tokens, dose)
+        control = self.setup_args["control_group"]
+        delimiter = self.setup_args["combination_delimiter"]
+        names = np.asarray(self.cell_types_, dtype=object)[codes.astype(int)]
+        rows = {}
+        perturbations = []
+        keys = []
+        for r, d, ct in zip(tokens, dose_labels, names, strict=True):
+            toks = tuple(sorted(self._row_tokens(r, self.vocabulary_)))
+            key = ConditionKey(toks, str(ct), str(d))
+            if key not in rows:
+                rows[key] = format_tokens(toks, control, delimiter)
+            perturbations.append(rows[key])
+            keys.append(key)
+        table = pd.DataFrame({"perturbation": perturbations, "cell_type": names.astype(str)})
+        table["label"] = table["perturbation"] + dose_labels
+        table["dose"] = dose if dose is not None else np.nan
+        table["key"] = pd.Series(keys, index=table.index, dtype=object)
+        index = {k: i for i, k in enumerate(rows)}
+        table["key_id"] = [index[k] for k in keys]
+        return table
+
+    def _labelled_anndata(self, rows: np.ndarray, table: pd.DataFrame) -> ad.AnnData:
+        """An in-memory AnnData of registered cells ``rows`` with the columns of
+        :class:`BaselineShifts` and of the inner model's setup."""
+        from ._doloris import _read_rows
+
+        X = _read_rows(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY), rows)
+        X = X.tocsr() if sparse.issparse(X) else np.asarray(X)
+        obs = pd.DataFrame(
+            {
+                "perturbation": table["perturbation"].to_numpy()[rows],
+                "condition": table["label"].to_numpy()[rows],
+            },
+            index=[f"cell{i}" for i in rows],
+        )
+        if self.setup_args.get("cell_type_key") is not None:
+            obs["cell_type"] = table["cell_type"].to_numpy()[rows]
+        if self.has_doses:
+            obs["dose"] = table["dose"].to_numpy()[rows]
+        return ad.AnnData(X.astype(np.float32), obs=obs, var=pd.DataFrame(index=self.adata_var_names))
+
+    def _baseline_delimiter(self) -> str:
+        return _WHOLE if self.has_doses else self.setup_args["combination_delimiter"]
+
+    def _fit_baselines(self, adata: ad.AnnData) -> BaselineShifts:
+        return BaselineShifts(adata, self.setup_args["control_group"], self._baseline_delimiter())
+
+    def _inner_model(self, adata: ad.AnnData):
+        """A model of the same class and settings, set up on ``adata``."""
+        setup = {
+            "perturbation_key": "perturbation",
+            "control_group": self.setup_args["control_group"],
+            "cell_type_key": "cell_type" if "cell_type" in adata.obs else None,
+            "combination_delimiter": self.setup_args["combination_delimiter"],
+            "dose_key": "dose" if "dose" in adata.obs else None,
+            "molecule_features": self.setup_args.get("molecule_features"),
+        }
+        cls = type(self)
+        cls.setup_anndata(adata, **setup)
+        init = dict(self._init_arguments)
+        module_kwargs = init.pop("module_kwargs", {})
+        return cls(adata, **init, **module_kwargs)
+
+    def _run_inner_validation(self, train_kwargs: dict, seed: int) -> Calibration | None:
+        """Hold out training conditions, train an inner model on the rest, score the candidates.
+
+        Returns None when the data have too few perturbed conditions to hold one out.
+        """
+        rng = np.random.default_rng(seed)
+        table = self._condition_table()
+        ids = table["key_id"].to_numpy()
+        by_id = dict(zip(ids, table["key"], strict=True))
+        counts = {by_id[i]: int(n) for i, n in zip(*np.unique(ids, return_counts=True), strict=True)}
+        plan = plan_validation(counts, rng)
+        if not plan.held_out and not plan.seen:
+            return None
+        id_of = {k: i for i, k in by_id.items()}
+        real_rows: dict[ConditionKey, np.ndarray] = {}
+        train_mask = np.ones(len(table), dtype=bool)
+        for key in plan.held_out:
+            rows = np.flatnonzero(ids == id_of[key])
+            train_mask[rows] = False
+            real_rows[key] = rows
+        for key in plan.seen:
+            rows = rng.permutation(np.flatnonzero(ids == id_of[key]))
+            held = np.sort(rows[: max(1, int(round(SEEN_FRACTION * len(rows))))])
+            train_mask[held] = False
+            real_rows[key] = held
+        kinds = {**plan.held_out, **{k: "seen" for k in plan.seen}}
+        train_rows = _cap_rows(np.flatnonzero(train_mask), ids, MAX_TRAIN_CELLS, rng)
+        inner_adata = self._labelled_anndata(train_rows, table)
+        logger.info(
+            "Inner validation: %d conditions held out (%s); training an inner model.",
+            len(kinds),
+            ", ".join(f"{k.tokens} in {k.cell_type}: {v}" for k, v in kinds.items()),
+        )
+        inner = self._inner_model(inner_adata)
+        # as many optimisation steps as the model itself will take
+        batch = int(train_kwargs.get("batch_size", 128))
+        steps = int(train_kwargs["max_epochs"]) * int(np.ceil(len(table) / batch))
+        epochs = max(1, int(round(steps / np.ceil(inner_adata.n_obs / batch))))
+        inner.train(**{**train_kwargs, "max_epochs": epochs}, calibrate=False)
+        shifts = self._fit_baselines(inner_adata)
+        is_ctrl = np.array([len(k.tokens) == 0 for k in table["key"]])
+        rows_out = []
+        for key, kind in kinds.items():
+            ctrl = np.flatnonzero(is_ctrl & (table["cell_type"].to_numpy() == key.cell_type))
+            ctrl = np.intersect1d(ctrl, train_rows)
+            ctrl = np.sort(rng.permutation(ctrl)[:MAX_CELLS])
+            real = np.sort(rng.permutation(real_rows[key])[:MAX_CELLS])
+            if len(ctrl) < 2 or len(real) < 2:
+                continue
+            controls = self._labelled_anndata(ctrl, table)
+            R = _dense(self._labelled_anndata(real, table).X)
+            label = table["label"].to_numpy()[real[0]]
+            perturbation = table["perturbation"].to_numpy()[real[0]]
+            dose = None if np.isnan(table["dose"].to_numpy()[real[0]]) else table["dose"].to_numpy()[real[0]]
+            cell_type = key.cell_type if "cell_type" in inner_adata.obs else None
+            with warnings.catch_warnings():  # held-out tokens may be unknown to the inner model
+                warnings.simplefilter("ignore", UserWarning)
+                P = inner.predict(
+                    controls,
+                    perturbation,
+                    cell_type=cell_type,
+                    dose=dose,
+                    calibrate=False,
+                    progress_bar=False,
+                    seed=seed,
+                    allow_unknown=True,
+                ).X
+            X = _dense(controls.X)
+            cts = np.full(X.shape[0], key.cell_type)
+            for baseline in BASELINES:
+                B = shifts.predict(baseline, X, label, cts)
+                for w in WEIGHTS:
+                    Y = blend(P, B, w)
+                    rows_out.append(
+                        {
+                            "condition": f"{label} | {key.cell_type}",
+                            "kind": kind,
+                            "baseline": baseline,
+                            "weight": w,
+                            "e_distance": e_distance(Y, R),
+                            "emd": emd(Y, R),
+                        }
+                    )
+        if not rows_out:
+            return None
+        return Calibration.fit(pd.DataFrame(rows_out))
+
+
+def _cap_rows(rows: np.ndarray, ids: np.ndarray, max_cells: int, rng) -> np.ndarray:
+    """At most ``max_cells`` of ``rows`` per condition id (drawn at random), sorted."""
+    out = []
+    sub = ids[rows]
+    for key in np.unique(sub):
+        mine = rows[sub == key]
+        if len(mine) > max_cells:
+            mine = rng.choice(mine, max_cells, replace=False)
+        out.append(mine)
+    return np.sort(np.concatenate(out))
+
+
+def _dense(X) -> np.ndarray:
+    return np.asarray(X.toarray() if sparse.issparse(X) else X, dtype=np.float32)
