@@ -134,7 +134,7 @@ def plan_validation(
                 picked.append(by_kind[kind].pop(0))
                 quota[kind] -= 1
     # at least one condition of every kind must stay in the inner training data (if any)
-    if len(picked) == len(perturbed) and len(picked) > 1:
+    if picked and len(picked) == len(perturbed):
         picked.pop()
     staying = everything - set(picked)
     held = {k: condition_kind(k, staying) for k in picked}

@@ -538,7 +538,11 @@ class DolorisModel(
                     "accelerator": accelerator,
                     "devices": devices,
                     "plan_kwargs": plan_kwargs,
-                    **trainer_kwargs,
+                    **{
+                        k: v
+                        for k, v in trainer_kwargs.items()
+                        if k not in ("log_every_n_steps", "check_val_every_n_epoch")
+                    },
                 }
             )
         self._fill_control_bank()
@@ -1176,6 +1180,13 @@ class DolorisModel(
                 latent = encoded
             from_noise = torch.from_numpy(from_noise).to(device).unsqueeze(-1)
             for j, cond in enumerate(conditions):
+                if not parsed[j]:  # the control label is no perturbation: the input cells
+                    out_X[j * n + sl.start : j * n + sl.stop] = x_np
+                    if return_probabilities:
+                        p = self.module.expression_probability(x, ct, **ref)
+                        out_p[j * n + sl.start : j * n + sl.stop] = p.cpu().numpy()
+                    bar.update(1)
+                    continue
                 kw = self._slice_condition(cond, sl, device)
                 if from_noise.any():
                     latent = torch.randn(x.shape, generator=generator).to(device)
