@@ -33,6 +33,7 @@ from .._anndata_utils import (
 from .._constants import DEFAULT_CELL_TYPE, PAD, REGISTRY_KEYS
 from .._fields import PerturbationTokenField, tokenize_column
 from .._perturbation import format_tokens
+from .._threads import predict_threads, resolve_num_threads, torch_threads
 from ..module import DolorisModule
 from ..module._doloris import CELL_TYPE_DROPOUT
 from ..module._mask_sampler import CoherentMaskSampler, MaskBank, build_mask_bank
@@ -431,6 +432,7 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         devices: int | list[int] | str = "auto",
         early_stopping: bool = False,
         plan_kwargs: dict | None = None,
+        num_threads: int | None = None,
         **trainer_kwargs,
     ):
         """Train the source, target and mask networks with Lightning (GPU when present).
@@ -462,6 +464,11 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             Stop when the validation loss stops improving (needs ``train_size < 1``).
         plan_kwargs
             More keyword arguments of :class:`~scdoloris.train.DolorisTrainingPlan`.
+        num_threads
+            CPU threads of torch during training; the previous count is restored afterwards.
+            None: ``scvi.settings.num_threads`` if set, else the model's default on a CPU (one
+            thread for the default preset up to 2000 genes, see :doc:`/guide/training`) and no
+            change on a GPU.
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar=False``).
 
@@ -494,36 +501,45 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         trainer_kwargs.setdefault("check_val_every_n_epoch", 10 if train_size < 1 else None)
         if train_size >= 1:
             trainer_kwargs.pop("check_val_every_n_epoch")
-        self._fill_control_bank()
-        self.module.train()
-        try:
-            return super().train(
-                max_epochs=max_epochs,
-                batch_size=batch_size,
-                train_size=train_size,
-                validation_size=validation_size,
-                accelerator=accelerator,
-                devices=devices,
-                early_stopping=early_stopping,
-                plan_kwargs=plan,
-                **trainer_kwargs,
-            )
-        except SystemExit as err:
-            # Lightning turns Ctrl+C into sys.exit(1) after a graceful shutdown; keep the
-            # epochs done so far (scvi-tools already saved the history) instead of exiting
-            if not isinstance(err.__context__, KeyboardInterrupt):
-                raise
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            self.is_trained_ = True
-            n_done = len(self.history["train_loss"]) if self.history else 0
-            warnings.warn(
-                f"Training interrupted after {n_done} epoch(s); the model keeps them.",
-                UserWarning,
-                stacklevel=2,
-            )
-            return None
-        finally:
-            self.module.eval()
+        threads = self._thread_count(num_threads, _trains_on_cpu(accelerator), "train")
+        with torch_threads(threads):
+            self._fill_control_bank()
+            self.module.train()
+            try:
+                return super().train(
+                    max_epochs=max_epochs,
+                    batch_size=batch_size,
+                    train_size=train_size,
+                    validation_size=validation_size,
+                    accelerator=accelerator,
+                    devices=devices,
+                    early_stopping=early_stopping,
+                    plan_kwargs=plan,
+                    **trainer_kwargs,
+                )
+            except SystemExit as err:
+                # Lightning turns Ctrl+C into sys.exit(1) after a graceful shutdown; keep the
+                # epochs done so far (scvi-tools already saved the history) instead of exiting
+                if not isinstance(err.__context__, KeyboardInterrupt):
+                    raise
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                self.is_trained_ = True
+                n_done = len(self.history["train_loss"]) if self.history else 0
+                warnings.warn(
+                    f"Training interrupted after {n_done} epoch(s); the model keeps them.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                return None
+            finally:
+                self.module.eval()
+
+    def _thread_count(
+        self, num_threads: int | None, on_cpu: bool, phase: Literal["train", "predict"]
+    ) -> int | None:
+        """Torch threads of one call (:func:`scdoloris._threads.resolve_num_threads`)."""
+        n_hidden = int(self.module_kwargs_.get("n_hidden", PRESETS["default"]["n_hidden"]))
+        return resolve_num_threads(num_threads, self.module.n_genes, n_hidden, on_cpu, phase)
 
     def _fill_control_bank(self, max_cells: int = 20000) -> None:
         """Give the module the registered control cells (at most ``max_cells``, drawn at random)."""
@@ -757,6 +773,7 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         return keep
 
     # ------------------------------------------------------------------ prediction
+    @predict_threads
     @torch.inference_mode()
     def get_latent(
         self,
@@ -766,6 +783,7 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         batch_size: int = 1024,
         layer: str | None | Literal["setup"] = "setup",
         seed: int | None = 0,
+        num_threads: int | None = None,
     ) -> np.ndarray:
         """Encode control cells into the shared Gaussian latent (deterministic DDIM, backwards).
 
@@ -784,6 +802,8 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         seed
             Seed of the light noise that starts the encoding (see
             :meth:`~scdoloris.module.DolorisModule.encode`).
+        num_threads
+            CPU threads of torch during the call, as in :meth:`predict`.
 
         Returns
         -------
@@ -807,6 +827,7 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             out.append(self.module.encode(x, ct, n_steps, generator).cpu().numpy())
         return np.concatenate(out)
 
+    @predict_threads
     @torch.inference_mode()
     def predict(
         self,
@@ -827,6 +848,7 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         progress_bar: bool = True,
         molecule_features: pd.DataFrame | None = None,
         residual: Literal["values", "full", "none"] = "values",
+        num_threads: int | None = None,
     ) -> ad.AnnData:
         """Predict perturbed cells from control cells, one predicted cell per control cell.
 
@@ -910,6 +932,11 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             none / values / full): Norman pairs 0.493 / 0.497 / 0.582, Kang held-out CD4 T
             cells 0.592 / 0.584 / 0.580, Papalexi unseen knockouts 0.424 / 0.365 / 0.352.
             Costs one more decoding per batch.
+        num_threads
+            CPU threads of torch during the call; the previous count is restored afterwards.
+            None: ``scvi.settings.num_threads`` if set, else the model's default on a CPU (one
+            thread for the default preset up to 2000 genes, see :doc:`/guide/training`) and no
+            change on a GPU.
 
         Returns
         -------
@@ -1196,6 +1223,17 @@ def _matched_labels(pools: list[dict[int, tuple]], names: list[str]) -> dict[str
     return {
         name: [pool[c][3] for c in sorted(pool)] for name, pool in zip(names, pools, strict=True)
     }
+
+
+def _trains_on_cpu(accelerator) -> bool:
+    """Whether ``train(accelerator=...)`` computes on the CPU (``"auto"``: no CUDA device;
+    scvi-tools never picks MPS by itself)."""
+    if isinstance(accelerator, str):
+        name = accelerator.lower()
+        return name == "cpu" or (name == "auto" and not torch.cuda.is_available())
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    return isinstance(accelerator, CPUAccelerator)
 
 
 def _generator(seed: int | None) -> torch.Generator:
