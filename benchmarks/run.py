@@ -24,7 +24,6 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import protocols
-import torch
 from _machine import run_record
 from protocols import Condition, Split, cell_type_mask, condition_mask
 
@@ -912,7 +911,10 @@ def _quiet() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; write RESULTS.md, the CSVs and the figures; print the tables."""
     config = parse_args(argv)
-    torch.set_num_threads(config.threads)
+    import scvi
+
+    # scvi-tools' setting: torch's count, and the one DolorisModel respects (issue #17)
+    scvi.settings.num_threads = config.threads
     _quiet()
     results_dir = config.out / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
