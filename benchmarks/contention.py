@@ -91,6 +91,12 @@ def clean_env() -> dict[str, str]:
 
 @dataclass
 class ScenarioConfig:
+    """Settings of the scenario (see the module's docstring); ``QUICK``: the smoke settings.
+
+    ``max_steps`` caps each training, ``max_cells`` keeps all control cells and random others,
+    ``simulate_if_missing`` uses simulated counts when the Norman subset is absent.
+    """
+
     data: str = str(NORMAN)
     epochs: int = 4
     max_steps: int | None = None
