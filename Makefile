@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.docs-installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: venv test lint demo bench bench-tiny perf perf-quick docs tutorials clean
+.PHONY: venv test lint demo bench bench-tiny perf perf-quick contention docs tutorials clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ perf: $(STAMP)
 # seconds-long smoke run of perf (the CI test's configuration), written to a temporary directory
 perf-quick: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) benchmarks/perf.py --quick -o $$(mktemp -d)
+
+# issue #17's scenario (Norman subset after scanpy preprocessing, default model, 4 epochs alone
+# and beside one busy process; the measuring process has no thread variables): a few minutes
+contention: $(STAMP)
+	$(PY) benchmarks/contention.py
 
 # HTML documentation in docs/_build/html; warnings are errors. Installs the docs extra once.
 $(DOCS_STAMP): $(STAMP) pyproject.toml constraints.txt

@@ -4,6 +4,7 @@ Usage::
 
     make perf                                   # full configuration (long on a 2-core CPU)
     python benchmarks/perf.py --quick -o /tmp/x  # seconds: the CI smoke configuration
+    python benchmarks/perf.py --parts threads user --append  # only the thread measurements
 
 What is measured, per (preset, n_genes, n_cells):
 
@@ -13,6 +14,10 @@ What is measured, per (preset, n_genes, n_cells):
 * prediction throughput: cells/s of ``model.predict`` with 50 + 50 DDIM steps (encode, decode),
   the coupled mask and ``residual="none"`` on ``n_predict`` control cells, and of the bare DDIM
   loop (``module.encode`` + ``module.decode``) on the same cells;
+* contention: the same training and prediction throughputs again beside one busy process (a
+  single-threaded pure-Python loop in another process, ``contention.busy_process``, running
+  for the duration of the measurement), and the slowdown (busy time / idle time); the torch
+  thread count the model chose (``num_threads=None``: its default rule) is reported beside;
 * peak memory: the peak resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``,
   which covers numpy and torch CPU allocations) of a fresh process that builds the data and
   runs ONE phase (training or prediction); the RSS of a process that only imported scdoloris
@@ -22,6 +27,16 @@ Data: ``simulate()`` of ``min(n_cells, base_cells)`` cells at ``n_genes``, log-n
 whose cells are then resampled with replacement to ``n_cells`` (simulating 100k cells x 5000
 genes directly takes far longer than the measurements; resampled cells keep the data's
 sparsity, which is all that matters for speed and memory).
+
+Threads (part ``threads``), per (preset, n_genes) at ``threads_cells`` cells: training and
+prediction cells/s of one model with ``num_threads`` = 1, 2 and all cores (the CPUs of the
+process's affinity mask), idle and beside one busy process; with the best count of each and the
+count the model's default rule picks (``scdoloris._threads.default_num_threads``, whose
+constants are chosen from these numbers).
+
+As a user runs it (part ``user``): ``benchmarks/contention.py``, the Norman subset after
+``sc.pp.normalize_total`` + ``sc.pp.log1p``, the default model, 4 epochs alone and beside one
+busy process, in a process without thread environment variables (see its docstring).
 
 Ratios, measured in the same run:
 
@@ -47,10 +62,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import contention
 from _machine import run_record
+from contention import TARGET, busy_process
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -80,6 +98,8 @@ class PerfConfig:
     large_n_steps: int = 2
     backed_cells: int = 100_000
     backed_genes: int = 2000
+    threads_cells: int = 10_000
+    thread_counts: list[int] | None = None  # None: 1, 2 and all cores
     quick: bool = False
 
 
@@ -106,6 +126,7 @@ QUICK = PerfConfig(
     large_n_steps=1,
     backed_cells=400,
     backed_genes=50,
+    threads_cells=300,
     quick=True,
 )
 
@@ -160,14 +181,17 @@ def a_perturbation(adata) -> str:
 
 
 # ---------------------------------------------------------------------------------- phases
-def timed_training(model, cfg: PerfConfig) -> float:
-    """Seconds of ``timed_steps`` training steps after ``warmup_steps`` (Lightning callback)."""
+def timed_training(model, cfg: PerfConfig, num_threads: int | None = None) -> tuple[float, int]:
+    """Seconds of ``timed_steps`` training steps after ``warmup_steps`` (Lightning callback),
+    and torch's thread count during them."""
     import lightning.pytorch as pl
+    import torch
 
     class StepTimer(pl.Callback):
         def __init__(self):
             self.start = None
             self.end = None
+            self.threads = None
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             if trainer.global_step == cfg.warmup_steps:
@@ -175,6 +199,7 @@ def timed_training(model, cfg: PerfConfig) -> float:
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             self.end = time.perf_counter()
+            self.threads = torch.get_num_threads()
 
     timer = StepTimer()
     n_steps = cfg.warmup_steps + cfg.timed_steps
@@ -188,8 +213,9 @@ def timed_training(model, cfg: PerfConfig) -> float:
         enable_model_summary=False,
         logger=False,
         callbacks=[timer],
+        num_threads=num_threads,
     )
-    return timer.end - timer.start
+    return timer.end - timer.start, timer.threads
 
 
 def phase_train(cfg: PerfConfig, preset: str, n_genes: int, n_cells: int) -> dict:
@@ -197,14 +223,35 @@ def phase_train(cfg: PerfConfig, preset: str, n_genes: int, n_cells: int) -> dic
     adata = make_data(n_cells, n_genes, cfg.base_cells)
     data_s = time.perf_counter() - t0
     model = build_model(adata, preset)
-    seconds = timed_training(model, cfg)
+    seconds, threads = timed_training(model, cfg)
+    with busy_process():
+        busy_s, _ = timed_training(model, cfg)
+    cells = cfg.timed_steps * cfg.batch_size
     return {
-        "train_cells_per_s": cfg.timed_steps * cfg.batch_size / seconds,
+        "train_cells_per_s": cells / seconds,
         "train_step_ms": 1000 * seconds / cfg.timed_steps,
+        "train_threads": threads,
+        "train_busy_cells_per_s": cells / busy_s,
+        "train_slowdown": busy_s / seconds,
         "data_s": data_s,
         "n_params": sum(p.numel() for p in model.module.parameters()),
         "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def predict_seconds(model, ctrl, pert: str, cfg: PerfConfig, num_threads=None) -> float:
+    """Seconds of ``model.predict`` on ``ctrl`` (coupled mask, no residual), after a warm-up."""
+    kw = {
+        "n_steps": cfg.n_steps,
+        "batch_size": cfg.predict_batch,
+        "progress_bar": False,
+        "residual": "none",
+        "num_threads": num_threads,
+    }
+    model.predict(ctrl[: min(8, ctrl.n_obs)], pert, **kw)  # warm-up
+    t0 = time.perf_counter()
+    model.predict(ctrl, pert, **kw)
+    return time.perf_counter() - t0
 
 
 def phase_predict(cfg: PerfConfig, preset: str, n_genes: int, n_cells: int) -> dict:
@@ -214,31 +261,76 @@ def phase_predict(cfg: PerfConfig, preset: str, n_genes: int, n_cells: int) -> d
     model.module.eval()
     ctrl = controls(adata, cfg.n_predict)
     pert = a_perturbation(adata)
-    kw = {"n_steps": cfg.n_steps, "batch_size": cfg.predict_batch, "progress_bar": False}
-    model.predict(ctrl[: min(8, ctrl.n_obs)], pert, residual="none", **kw)  # warm-up
-    t0 = time.perf_counter()
-    model.predict(ctrl, pert, residual="none", **kw)
-    predict_s = time.perf_counter() - t0
-    loop_s = ddim_loop_seconds(model, ctrl, pert, cfg.n_steps, cfg.predict_batch)
+    predict_s = predict_seconds(model, ctrl, pert, cfg)
+    with busy_process():
+        busy_s = predict_seconds(model, ctrl, pert, cfg)
+    threads = model._thread_count(None, True, "predict")  # what predict() chose
+    loop_s = ddim_loop_seconds(model, ctrl, pert, cfg.n_steps, cfg.predict_batch, threads)
     return {
         "predict_cells_per_s": ctrl.n_obs / predict_s,
+        "predict_threads": threads,
+        "predict_busy_cells_per_s": ctrl.n_obs / busy_s,
+        "predict_slowdown": busy_s / predict_s,
         "ddim_loop_cells_per_s": ctrl.n_obs / loop_s,
         "n_predicted": ctrl.n_obs,
         "peak_rss_mb": peak_rss_mb(),
     }
 
 
-def ddim_loop_seconds(model, ctrl, pert: str, n_steps: int, batch: int) -> float:
-    """Seconds of module.encode + module.decode over ``ctrl`` (the bare prediction loop)."""
+def phase_threads(cfg: PerfConfig, preset: str, n_genes: int) -> dict:
+    """Training and prediction cells/s at 1, 2, ..., all threads, idle and beside a busy process."""
+    import os
+
+    adata = make_data(cfg.threads_cells, n_genes, cfg.base_cells)
+    model = build_model(adata, preset)
+    ctrl = controls(adata, cfg.n_predict)
+    pert = a_perturbation(adata)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    counts = sorted(set(cfg.thread_counts or [1, 2, cores]))
+    rows = []
+    for n in counts:
+        for busy in (False, True):
+            with busy_process() if busy else nullcontext():
+                train_s, seen = timed_training(model, cfg, num_threads=n)
+                predict_s = predict_seconds(model, ctrl, pert, cfg, num_threads=n)
+            rows.append(
+                {
+                    "threads": n,
+                    "busy": busy,
+                    "train_threads_seen": seen,
+                    "train_cells_per_s": cfg.timed_steps * cfg.batch_size / train_s,
+                    "predict_cells_per_s": ctrl.n_obs / predict_s,
+                }
+            )
+    return {
+        "preset": preset,
+        "n_genes": n_genes,
+        "n_cells": adata.n_obs,
+        "cores": cores,
+        "rule": {phase: model._thread_count(None, True, phase) for phase in ("train", "predict")},
+        "rows": rows,
+    }
+
+
+def ddim_loop_seconds(
+    model, ctrl, pert: str, n_steps: int, batch: int, num_threads: int | None = None
+) -> float:
+    """Seconds of module.encode + module.decode over ``ctrl`` (the bare prediction loop), with
+    ``num_threads`` torch threads (None: the global count)."""
     import numpy as np
     import torch
+
+    from scdoloris._threads import torch_threads
 
     module = model.module
     X = np.asarray(ctrl.X.toarray() if hasattr(ctrl.X, "toarray") else ctrl.X, np.float32)
     indices = model._token_indices(tuple(pert.split("+")))
     cond = model._condition_tensors(indices, None, X.shape[0])
     t0 = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), torch_threads(num_threads):
         for start in range(0, X.shape[0], batch):
             sl = slice(start, min(start + batch, X.shape[0]))
             x = torch.from_numpy(X[sl])
@@ -444,7 +536,7 @@ def phase_backed_train(cfg: PerfConfig, path: str) -> dict:
     t0 = time.perf_counter()
     model = build_model(adata, "default")
     setup_s = time.perf_counter() - t0
-    seconds = timed_training(model, cfg)
+    seconds, _ = timed_training(model, cfg)
     return {
         "n_cells": adata.n_obs,
         "n_genes": adata.n_vars,
@@ -470,6 +562,7 @@ PHASES = {
     "large_predict": phase_large_predict,
     "write_h5ad": phase_write_h5ad,
     "backed_train": phase_backed_train,
+    "threads": phase_threads,
 }
 
 
@@ -499,6 +592,81 @@ def _fmt(value, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _ratio(value) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def threads_report(cfg: PerfConfig, entries: list[dict] | None) -> list[str]:
+    """The "Threads" section: cells/s by thread count, idle and busy; the best and the rule."""
+    if not entries:
+        return []
+    lines = [
+        "",
+        "## Threads: 1, 2 and all cores, idle and beside one busy process",
+        "",
+        f"One model per preset and gene count ({cfg.threads_cells:,} cells, the settings "
+        "above) trained and run with `num_threads` = each count, idle and beside one busy "
+        "process; slowdown: busy time / idle time at the same count. The default rule "
+        "(`scdoloris._threads.default_num_threads`: `SMALL_MODEL_THREADS`, `SMALL_MODEL_SIZE`) "
+        "is to be chosen from these numbers.",
+        "",
+        "| preset | genes | threads | train idle cells/s | train busy cells/s | "
+        "train slowdown | predict idle cells/s | predict busy cells/s | predict slowdown |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    summary = [
+        "",
+        "Best count (most cells/s) and the rule's choice:",
+        "",
+        "| preset | genes | train idle | train busy | predict idle | predict busy | "
+        "rule train | rule predict |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for entry in entries:
+        head = f"| {entry['preset']} | {entry['n_genes']} |"
+        if "error" in entry:
+            lines.append(f"{head} - | - | - | - | - | - | - | {entry['error']}")
+            continue
+        by = {(r["threads"], r["busy"]): r for r in entry["rows"]}
+        counts = sorted({r["threads"] for r in entry["rows"]})
+        for n in counts:
+            idle, busy = by[n, False], by[n, True]
+            lines.append(
+                f"{head} {n} | {_fmt(idle['train_cells_per_s'])} | "
+                f"{_fmt(busy['train_cells_per_s'])} | "
+                f"{_ratio(idle['train_cells_per_s'] / busy['train_cells_per_s'])} | "
+                f"{_fmt(idle['predict_cells_per_s'], 1)} | "
+                f"{_fmt(busy['predict_cells_per_s'], 1)} | "
+                f"{_ratio(idle['predict_cells_per_s'] / busy['predict_cells_per_s'])} |"
+            )
+        best = [
+            max(counts, key=lambda n, k=key, b=is_busy: by[n, b][k])
+            for key in ("train_cells_per_s", "predict_cells_per_s")
+            for is_busy in (False, True)
+        ]
+        summary.append(
+            f"{head} {best[0]} | {best[1]} | {best[2]} | {best[3]} | "
+            f"{entry['rule']['train']} | {entry['rule']['predict']} |"
+        )
+    return lines + summary
+
+
+def user_report(result: dict | None) -> list[str]:
+    """The "as a user runs it" section (``benchmarks/contention.py``)."""
+    if result is None:
+        return []
+    lines = [
+        "",
+        "## As a user runs it: scanpy preprocessing first, no thread variables",
+        "",
+        "`benchmarks/contention.py` (see its docstring).",
+        "",
+    ]
+    if "error" in result:
+        return lines + [f"The measurement failed: {result['error']}"]
+    return lines + contention.markdown(result)
+
+
 def report(info: dict, cfg: PerfConfig, results: dict) -> str:
     lines = [
         "# scdoloris speed and memory" + (" (QUICK smoke configuration)" if cfg.quick else ""),
@@ -518,24 +686,34 @@ def report(info: dict, cfg: PerfConfig, results: dict) -> str:
         f"{_fmt(results['baseline'].get('peak_rss_mb'))} MiB",
         "",
         "Peak RSS is `ru_maxrss` of a fresh process that builds the data and runs one phase "
-        "(it includes the baseline and the data).",
+        "(it includes the baseline and the data). Threads: torch threads the model chose "
+        "(its default rule, `num_threads=None`) for training / prediction. Busy: the same "
+        "measurement beside one busy process (a single-threaded pure-Python loop in another "
+        "process); slowdown: busy time / idle time (target of issue #17: at most "
+        f"{TARGET}x for the default preset at 500 and 2000 genes).",
         "",
-        "| preset | genes | cells | train cells/s | train step ms | train peak MiB | "
-        "predict cells/s | DDIM loop cells/s | predict peak MiB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| preset | genes | cells | threads | train cells/s | train busy cells/s | "
+        "train slowdown | train step ms | train peak MiB | predict cells/s | "
+        "predict busy cells/s | predict slowdown | DDIM loop cells/s | predict peak MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in results["grid"]:
         tr, pr = row.get("train", {}), row.get("predict", {})
         err = "; ".join(
             f"{k}: {v['error']}" for k, v in (("train", tr), ("predict", pr)) if "error" in v
         )
+        threads = f"{tr.get('train_threads', '-')} / {pr.get('predict_threads', '-')}"
         lines.append(
-            f"| {row['preset']} | {row['n_genes']} | {row['n_cells']:,} | "
-            f"{_fmt(tr.get('train_cells_per_s'))} | {_fmt(tr.get('train_step_ms'), 1)} | "
+            f"| {row['preset']} | {row['n_genes']} | {row['n_cells']:,} | {threads} | "
+            f"{_fmt(tr.get('train_cells_per_s'))} | {_fmt(tr.get('train_busy_cells_per_s'))} | "
+            f"{_ratio(tr.get('train_slowdown'))} | {_fmt(tr.get('train_step_ms'), 1)} | "
             f"{_fmt(tr.get('peak_rss_mb'))} | {_fmt(pr.get('predict_cells_per_s'), 1)} | "
+            f"{_fmt(pr.get('predict_busy_cells_per_s'), 1)} | "
+            f"{_ratio(pr.get('predict_slowdown'))} | "
             f"{_fmt(pr.get('ddim_loop_cells_per_s'), 1)} | {_fmt(pr.get('peak_rss_mb'))} |"
             + (f" {err}" if err else "")
         )
+    lines += threads_report(cfg, results.get("threads")) + user_report(results.get("user"))
     big = results.get("large_predict", {})
     if big and "error" not in big:
         lines += [
@@ -607,10 +785,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cells", type=int, nargs="+", help="override the cell counts")
     parser.add_argument("--presets", nargs="+", help="override the presets")
     parser.add_argument(
+        "--thread-counts", type=int, nargs="+", help="part threads: the counts (default 1 2 all)"
+    )
+    parser.add_argument(
         "--parts",
         nargs="+",
-        default=["ratios", "large", "backed", "grid"],
-        choices=["ratios", "large", "backed", "grid"],
+        default=["ratios", "large", "backed", "grid", "threads", "user"],
+        choices=["ratios", "large", "backed", "grid", "threads", "user"],
         help="what to measure (default: all)",
     )
     parser.add_argument(
@@ -634,6 +815,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.cells = args.cells
     if args.presets:
         cfg.presets = args.presets
+    if args.thread_counts:
+        cfg.thread_counts = args.thread_counts
     command = "python benchmarks/perf.py " + " ".join(argv if argv is not None else sys.argv[1:])
     info = run_info(command.strip())
     results: dict = {"baseline": run_phase(cfg, "baseline"), "grid": []}
@@ -665,6 +848,7 @@ def main(argv: list[str] | None = None) -> int:
                 written = {**written, **run_phase(cfg, "backed_train", path)}
             record("backed_train", written)
     if "grid" in args.parts:
+        results["grid"] = []
         for preset in cfg.presets:
             for n_genes in cfg.genes:
                 for n_cells in cfg.cells:
@@ -674,6 +858,18 @@ def main(argv: list[str] | None = None) -> int:
                         row[phase] = run_phase(cfg, phase, preset, n_genes, n_cells)
                         print(json.dumps({**row, "phase": phase}), flush=True)
                         write()
+    if "threads" in args.parts:
+        results["threads"] = []
+        for preset in cfg.presets:
+            for n_genes in cfg.genes:
+                entry = {"preset": preset, "n_genes": n_genes}
+                entry.update(run_phase(cfg, "threads", preset, n_genes))
+                results["threads"].append(entry)
+                print(json.dumps({"threads": entry}), flush=True)
+                write()
+    if "user" in args.parts:
+        scenario = contention.QUICK if cfg.quick else contention.ScenarioConfig()
+        record("user", contention.run(scenario))
     write()
     print(f"wrote {args.output / 'PERF.md'}")
     return 0

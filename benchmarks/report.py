@@ -138,7 +138,7 @@ def comparison(table: pd.DataFrame, method: str, metric: str) -> dict | None:
 
 
 def verdict(c: dict) -> str:
-    """"better" (by more than the seed sd), "not worse" (within it or better by less), "worse"."""
+    """ "better" (by more than the seed sd), "not worse" (within it or better by less), "worse"."""
     margin = c["best_value"] - c["value"]
     sd = c["seed_sd"] if np.isfinite(c["seed_sd"]) else 0.0
     if margin > sd:
@@ -189,8 +189,11 @@ def task_section(name: str, table: pd.DataFrame, record: dict) -> str:
     )
     for view in [v for v in ("train", "held-out") if v in set(table["view"])]:
         sub = table[table["view"] == view]
-        title = "input: the controls in training" if view == "train" else (
-            "input: held-out controls (second view)")
+        title = (
+            "input: the controls in training"
+            if view == "train"
+            else ("input: held-out controls (second view)")
+        )
         out += ["", f"### {title}", "", markdown_table(summary(sub)), ""]
         out += comparison_lines(sub)
     out += [""] + calibration_lines(record)
@@ -255,7 +258,7 @@ def build(out_dir: Path, info: dict) -> str:
         "conditions). Lower is better except Pearson delta. `rank`: fraction of the task "
         "kind's other conditions whose real mean is closer to the prediction's mean than its "
         "own (0 best, 0.5 chance). Verdicts: Doloris against the best of NoChange, MeanShift "
-        "and Additive on that metric; \"better\" means by more than the seed-to-seed sd.",
+        'and Additive on that metric; "better" means by more than the seed-to-seed sd.',
         "",
         *overview(results),
         "",

@@ -19,7 +19,6 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 import report
@@ -29,7 +28,13 @@ from scipy import sparse
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_DIR = Path(__file__).resolve().parent
-TINY_MODEL = {"n_hidden": 64, "n_layers": 1, "n_cond": 32, "n_mask_hidden": 32, "n_graph_hidden": 16}
+TINY_MODEL = {
+    "n_hidden": 64,
+    "n_layers": 1,
+    "n_cond": 32,
+    "n_mask_hidden": 32,
+    "n_graph_hidden": 16,
+}
 TINY_STEPS = 30
 TINY_CELLS = 40
 TINY_TASKS = ("norman_pairs", "kang_cell_type")
@@ -99,6 +104,7 @@ def _quiet() -> None:
 def train_doloris(fold: tasks.Fold, config: Config, seed: int, calibrate: bool, **module_kwargs):
     """Register a copy of the fold's training cells and train Doloris; (model, seconds)."""
     import scvi
+
     from scdoloris import DolorisModel
 
     scvi.settings.seed = seed
@@ -247,7 +253,19 @@ def run_task(name: str, config: Config) -> pd.DataFrame:
             (v, c.name): _dense(fold.input_cells(c, v).X) for v in config.views for c in conds
         }
 
-        def record(method, seed, cond, view, P, train_s=0.0, predict_s=0.0, real=None):
+        def record(  # noqa: PLR0913
+            method,
+            seed,
+            cond,
+            view,
+            P,
+            train_s=0.0,
+            predict_s=0.0,
+            real=None,
+            fold=fold,
+            reals=reals,
+            inputs=inputs,
+        ):
             R = reals[cond.name] if real is None else real
             C = inputs[(view, cond.name)]
             rows.append(
@@ -288,13 +306,19 @@ def run_task(name: str, config: Config) -> pd.DataFrame:
                 model, train_s = train_doloris(fold, config, seed, calibrate)
                 if calibrate:
                     calibrations.append(
-                        {"task": name, "fold": fold.index, "seed": seed,
-                         **{k: f"{b} {w:g}" for k, (b, w) in model.calibration.choices.items()}}
+                        {
+                            "task": name,
+                            "fold": fold.index,
+                            "seed": seed,
+                            **{k: f"{b} {w:g}" for k, (b, w) in model.calibration.choices.items()},
+                        }
                         if model.calibration is not None
                         else {"task": name, "fold": fold.index, "seed": seed}
                     )
                 variants = {DOLORIS: {}, UNCALIBRATED: {"calibrate": False}}
-                variants |= {f"Doloris {k}": {"calibrate": False, **v} for k, v in ABLATION_PREDICT.items()}
+                variants |= {
+                    f"Doloris {k}": {"calibrate": False, **v} for k, v in ABLATION_PREDICT.items()
+                }
                 for method, kw in variants.items():
                     if method not in methods:
                         continue
@@ -319,8 +343,11 @@ def run_task(name: str, config: Config) -> pd.DataFrame:
                             start = time.perf_counter()
                             P = predict_scgen(model, fold, c, v)
                             record("scGen", seed, c, v, P, train_s, time.perf_counter() - start)
-        print(f"[{name}] fold {fold.index}: {len(conds)} conditions, "
-              f"{time.perf_counter() - t_fold:.0f} s", flush=True)
+        print(
+            f"[{name}] fold {fold.index}: {len(conds)} conditions, "
+            f"{time.perf_counter() - t_fold:.0f} s",
+            flush=True,
+        )
     table = pd.DataFrame(rows)
     ranks = {key: rank_metric(m, real_means) for key, m in means.items()}
     table["rank"] = [

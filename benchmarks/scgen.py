@@ -172,9 +172,7 @@ def _balanced(cell_types: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """pertpy's ``balancer``: every cell type resampled (with replacement) to the largest."""
     classes = np.unique(cell_types)
     largest = max(int((cell_types == c).sum()) for c in classes)
-    return np.concatenate(
-        [rng.choice(np.flatnonzero(cell_types == c), largest) for c in classes]
-    )
+    return np.concatenate([rng.choice(np.flatnonzero(cell_types == c), largest) for c in classes])
 
 
 def scgen_delta(model, fold: tasks.Fold, cond: tasks.Condition, seed: int = 0) -> np.ndarray:

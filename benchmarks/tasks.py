@@ -142,7 +142,11 @@ TASKS = {
     "papalexi_replicate": TaskKind(
         "papalexi_replicate",
         PAPALEXI_FILE,
-        {"perturbation_key": "target", "control_group": "non-targeting", "cell_type_key": "bio_rep"},
+        {
+            "perturbation_key": "target",
+            "control_group": "non-targeting",
+            "cell_type_key": "bio_rep",
+        },
         "Papalexi 2021 CRISPR KO: knockouts in a held-out biological replicate",
         None,
     ),
@@ -176,7 +180,11 @@ def _labels(adata: ad.AnnData, task: TaskKind) -> tuple[np.ndarray, np.ndarray, 
         return pert, ct, ct
     if task.name == "kang_donor":
         ct = obs["cluster_id"].astype(str).to_numpy()
-        donor = np.char.replace(np.char.replace(obs["sample_id"].astype(str).to_numpy().astype(str), "ctrl", ""), "stim", "")
+        donor = np.char.replace(
+            np.char.replace(obs["sample_id"].astype(str).to_numpy().astype(str), "ctrl", ""),
+            "stim",
+            "",
+        )
         donor = np.char.add("donor ", donor)
         return pert, np.char.add(np.char.add(donor, " | "), ct), donor
     return pert, np.full(n, "all"), np.full(n, "all")
@@ -225,11 +233,17 @@ def _prepared(task_name: str, data_dir: str, max_cells: int, seed: int):
     )
 
 
-def conditions(task_name: str, data_dir: Path | str = DATA_DIR, max_cells: int = MAX_CELLS,
-               seed: int = SPLIT_SEED) -> list[tuple[Condition, str]]:
+def conditions(
+    task_name: str,
+    data_dir: Path | str = DATA_DIR,
+    max_cells: int = MAX_CELLS,
+    seed: int = SPLIT_SEED,
+) -> list[tuple[Condition, str]]:
     """Every held-out condition of a task kind with its fold group."""
     task = TASKS[task_name]
-    adata, pert, context, group, perturbed, _, _ = _prepared(task_name, str(data_dir), max_cells, seed)
+    adata, pert, context, group, perturbed, _, _ = _prepared(
+        task_name, str(data_dir), max_cells, seed
+    )
     ct_key = task.setup.get("cell_type_key")
     cell_type = adata.obs[ct_key].astype(str).to_numpy() if ct_key else None
     held = set(_held_out_perturbations(task, pert, task.setup["control_group"]))
@@ -243,8 +257,12 @@ def conditions(task_name: str, data_dir: Path | str = DATA_DIR, max_cells: int =
     return [out[k] for k in sorted(out)]
 
 
-def fold_assignment(task_name: str, items: list[tuple[Condition, str]], seed: int = SPLIT_SEED,
-                    n_folds: int | None = None) -> list[list[Condition]]:
+def fold_assignment(
+    task_name: str,
+    items: list[tuple[Condition, str]],
+    seed: int = SPLIT_SEED,
+    n_folds: int | None = None,
+) -> list[list[Condition]]:
     """Conditions per fold: by group (``n_folds`` None) or a seeded round-robin over K folds."""
     task = TASKS[task_name]
     k = task.n_folds if n_folds is None else n_folds
@@ -289,7 +307,11 @@ def folds(
     adata, pert, context, _, perturbed, ctrl_train, ctrl_held = _prepared(
         task_name, str(data_dir), max_cells, seed
     )
-    names = np.where(context == "all", pert, np.char.add(np.char.add(pert.astype(str), " | "), context.astype(str)))
+    names = np.where(
+        context == "all",
+        pert,
+        np.char.add(np.char.add(pert.astype(str), " | "), context.astype(str)),
+    )
     for index, held in enumerate(assignment):
         if only is not None and index not in only:
             continue

@@ -237,9 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    import torch
+    import scvi
 
-    torch.set_num_threads(args.threads)
+    # scvi-tools' setting: torch's count, and the one DolorisModel respects (issue #17)
+    scvi.settings.num_threads = args.threads
     _quiet()
     start = time.perf_counter()
     results = pd.concat(

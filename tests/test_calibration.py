@@ -62,12 +62,18 @@ def test_plan_keeps_a_condition_in_training():
 
 
 def _scores(rows):
-    return pd.DataFrame(rows, columns=["condition", "kind", "baseline", "weight", "e_distance", "emd"])
+    return pd.DataFrame(
+        rows, columns=["condition", "kind", "baseline", "weight", "e_distance", "emd"]
+    )
 
 
 def test_fit_chooses_the_lowest_normalised_loss_per_kind():
     rows = []
-    for cond, kind, best in (("a", "transfer", 0.5), ("b", "transfer", 0.5), ("c", "unseen token", 0.0)):
+    for cond, kind, best in (
+        ("a", "transfer", 0.5),
+        ("b", "transfer", 0.5),
+        ("c", "unseen token", 0.0),
+    ):
         for baseline in ("NoChange", "MeanShift"):
             for w in (0.0, 0.5, 1.0):
                 good = baseline == "MeanShift" and w == best
@@ -118,7 +124,9 @@ def calibrated(tmp_path_factory):
     sc.pp.normalize_total(adata)
     sc.pp.log1p(adata)
     DolorisModel.setup_anndata(adata, perturbation_key="perturbation", cell_type_key="cell_type")
-    model = DolorisModel(adata, n_hidden=32, n_layers=1, n_cond=16, n_graph_hidden=8, n_mask_hidden=16)
+    model = DolorisModel(
+        adata, n_hidden=32, n_layers=1, n_cond=16, n_graph_hidden=8, n_mask_hidden=16
+    )
     model.train(max_epochs=2, enable_progress_bar=False)
     return adata, model
 
@@ -127,11 +135,26 @@ def test_train_runs_the_inner_validation(calibrated):
     adata, model = calibrated
     table = model.validation
     assert len(table) and {"baseline", "weight", "E model", "E calibrated"} <= set(table.columns)
-    assert set(model.calibration.scores["kind"]) <= {"seen", "transfer", "new combination", "unseen token"}
-    # the inner conditions are training conditions held out of the inner model: the scores of
-    # the calibrated choice are never worse than the model's own and than no change (loss)
+    assert set(model.calibration.scores["kind"]) <= {
+        "seen",
+        "transfer",
+        "new combination",
+        "unseen token",
+    }
+    # on the inner conditions, the choice's loss (normalised E + EMD) is at most the model's
+    # own and no change's
+    scores = model.calibration.scores
     for kind, row in table.iterrows():
+        frame = scores if kind == "pooled" else scores[scores["kind"] == kind]
+        if kind == "pooled":
+            frame = frame[frame["kind"] != "seen"] if (frame["kind"] != "seen").any() else frame
+        scale_e, scale_emd = frame["e_distance"].mean(), frame["emd"].mean()
+
+        def loss(name, row=row, scale_e=scale_e, scale_emd=scale_emd):
+            return row[f"E {name}"] / scale_e + row[f"EMD {name}"] / scale_emd
+
         assert row["weight"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+        assert loss("calibrated") <= min(loss("model"), loss("NoChange")) + 1e-9
 
 
 def test_predict_blends_the_model_and_the_baseline(calibrated):
@@ -143,7 +166,9 @@ def test_predict_blends_the_model_and_the_baseline(calibrated):
     info = cal.uns["scdoloris"]["calibration"][pert]["type_0"]
     assert info["kind"] == "seen"
     baseline = model.baselines_.predict(
-        info["baseline"], ctrl.X.toarray() if hasattr(ctrl.X, "toarray") else ctrl.X, pert,
+        info["baseline"],
+        ctrl.X.toarray() if hasattr(ctrl.X, "toarray") else ctrl.X,
+        pert,
         np.full(ctrl.n_obs, "type_0"),
     )
     np.testing.assert_allclose(cal.X, blend(raw.X, baseline, info["weight"]), rtol=1e-5, atol=1e-6)

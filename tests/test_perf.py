@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -26,3 +27,35 @@ def test_perf_quick(tmp_path):
     for needed in ("Command:", "Commit:", "Machine:", "train cells/s", "(a) Gene-graph", "(b)"):
         assert needed in text
     assert "error" not in text.lower() and "failed" not in text.lower(), text
+    # issue #17: the contention columns, the thread grid and the user's scenario
+    for needed in (
+        "| threads | train cells/s | train busy cells/s | train slowdown |",
+        "| predict busy cells/s | predict slowdown |",
+        "## Threads: 1, 2 and all cores",
+        "| rule train | rule predict |",
+        "## As a user runs it",
+        "| model default |",
+        "before #17",
+    ):
+        assert needed in text, needed
+    results = json.loads((tmp_path / "perf.json").read_text())
+    (row,) = results["grid"]
+    for key in ("train_busy_cells_per_s", "train_slowdown", "train_threads"):
+        assert isinstance(row["train"][key], int | float), key
+    for key in ("predict_busy_cells_per_s", "predict_slowdown", "predict_threads"):
+        assert isinstance(row["predict"][key], int | float), key
+    (entry,) = results["threads"]
+    counts = {r["threads"] for r in entry["rows"]}
+    assert {1, 2} <= counts
+    assert {(r["threads"], r["busy"]) for r in entry["rows"]} == {
+        (n, b) for n in counts for b in (False, True)
+    }
+    for r in entry["rows"]:  # the count asked for is the count used
+        assert r["train_threads_seen"] == r["threads"]
+        assert f"| default | 50 | {r['threads']} |" in text
+    user = results["user"]
+    assert set(user["summary"]) == {"default", "global"}
+    for run in user["runs"]:  # the model's default vs torch's global count, alone and busy
+        if run["variant"] == "global":
+            assert run["threads"] == [run["global_threads_before"]]
+    assert user["threads_at_end"] == user["threads_after_preprocessing"]

@@ -215,8 +215,12 @@ class Calibration:
             if kind == "pooled" and (frame["kind"] != "seen").any():
                 frame = frame[frame["kind"] != "seen"]
             baseline, weight = self.choices[kind]
-            row = {"kind": kind, "baseline": baseline, "weight": weight,
-                   "n_conditions": int(frame["condition"].nunique())}
+            row = {
+                "kind": kind,
+                "baseline": baseline,
+                "weight": weight,
+                "n_conditions": int(frame["condition"].nunique()),
+            }
             for name, sel in _named_candidates(frame, baseline, weight).items():
                 row[f"E {name}"] = float(frame.loc[sel, "e_distance"].mean())
                 row[f"EMD {name}"] = float(frame.loc[sel, "emd"].mean())

@@ -33,6 +33,7 @@ from .._anndata_utils import (
 from .._constants import DEFAULT_CELL_TYPE, PAD, REGISTRY_KEYS, UNKNOWN
 from .._fields import PerturbationTokenField, tokenize_column
 from .._perturbation import format_tokens
+from .._threads import predict_threads, resolve_num_threads, torch_threads
 from ..module import DolorisModule
 from ..module._doloris import CELL_TYPE_DROPOUT
 from ..module._mask_sampler import CoherentMaskSampler, MaskBank, build_mask_bank
@@ -450,6 +451,7 @@ class DolorisModel(
         early_stopping: bool = False,
         plan_kwargs: dict | None = None,
         calibrate: bool = True,
+        num_threads: int | None = None,
         **trainer_kwargs,
     ):
         """Train the source, target and mask networks with Lightning (GPU when present).
@@ -493,6 +495,11 @@ class DolorisModel(
             Run the inner validation and keep its calibration (with ``stage="all"`` only).
             ``False`` keeps an existing calibration (none for a new model: :meth:`predict`
             then returns the diffusion model's own prediction).
+        num_threads
+            CPU threads of torch during training; the previous count is restored afterwards.
+            None: ``scvi.settings.num_threads`` if set, else the model's default on a CPU (one
+            thread for the default preset up to 2000 genes, see :doc:`/guide/training`) and no
+            change on a GPU.
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar=False``).
 
@@ -525,56 +532,66 @@ class DolorisModel(
         trainer_kwargs.setdefault("check_val_every_n_epoch", 10 if train_size < 1 else None)
         if train_size >= 1:
             trainer_kwargs.pop("check_val_every_n_epoch")
-        if calibrate and stage == "all":
-            self._calibrate(
-                {
-                    "max_epochs": max_epochs,
-                    "batch_size": batch_size,
-                    "lr": lr,
-                    "weight_decay": weight_decay,
-                    "mask_lr": mask_lr,
-                    "mask_weight_decay": mask_weight_decay,
-                    "lr_schedule": lr_schedule,
-                    "accelerator": accelerator,
-                    "devices": devices,
-                    "plan_kwargs": plan_kwargs,
-                    **{
-                        k: v
-                        for k, v in trainer_kwargs.items()
-                        if k not in ("log_every_n_steps", "check_val_every_n_epoch")
-                    },
-                }
-            )
-        self._fill_control_bank()
-        self.module.train()
-        try:
-            return super().train(
-                max_epochs=max_epochs,
-                batch_size=batch_size,
-                train_size=train_size,
-                validation_size=validation_size,
-                accelerator=accelerator,
-                devices=devices,
-                early_stopping=early_stopping,
-                plan_kwargs=plan,
-                **trainer_kwargs,
-            )
-        except SystemExit as err:
-            # Lightning turns Ctrl+C into sys.exit(1) after a graceful shutdown; keep the
-            # epochs done so far (scvi-tools already saved the history) instead of exiting
-            if not isinstance(err.__context__, KeyboardInterrupt):
-                raise
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            self.is_trained_ = True
-            n_done = len(self.history["train_loss"]) if self.history else 0
-            warnings.warn(
-                f"Training interrupted after {n_done} epoch(s); the model keeps them.",
-                UserWarning,
-                stacklevel=2,
-            )
-            return None
-        finally:
-            self.module.eval()
+        threads = self._thread_count(num_threads, _trains_on_cpu(accelerator), "train")
+        with torch_threads(threads):
+            if calibrate and stage == "all":
+                self._calibrate(
+                    {
+                        "max_epochs": max_epochs,
+                        "batch_size": batch_size,
+                        "lr": lr,
+                        "weight_decay": weight_decay,
+                        "mask_lr": mask_lr,
+                        "mask_weight_decay": mask_weight_decay,
+                        "lr_schedule": lr_schedule,
+                        "accelerator": accelerator,
+                        "devices": devices,
+                        "plan_kwargs": plan_kwargs,
+                        "num_threads": num_threads,
+                        **{
+                            k: v
+                            for k, v in trainer_kwargs.items()
+                            if k not in ("log_every_n_steps", "check_val_every_n_epoch")
+                        },
+                    }
+                )
+            self._fill_control_bank()
+            self.module.train()
+            try:
+                return super().train(
+                    max_epochs=max_epochs,
+                    batch_size=batch_size,
+                    train_size=train_size,
+                    validation_size=validation_size,
+                    accelerator=accelerator,
+                    devices=devices,
+                    early_stopping=early_stopping,
+                    plan_kwargs=plan,
+                    **trainer_kwargs,
+                )
+            except SystemExit as err:
+                # Lightning turns Ctrl+C into sys.exit(1) after a graceful shutdown; keep the
+                # epochs done so far (scvi-tools already saved the history) instead of exiting
+                if not isinstance(err.__context__, KeyboardInterrupt):
+                    raise
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                self.is_trained_ = True
+                n_done = len(self.history["train_loss"]) if self.history else 0
+                warnings.warn(
+                    f"Training interrupted after {n_done} epoch(s); the model keeps them.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                return None
+            finally:
+                self.module.eval()
+
+    def _thread_count(
+        self, num_threads: int | None, on_cpu: bool, phase: Literal["train", "predict"]
+    ) -> int | None:
+        """Torch threads of one call (:func:`scdoloris._threads.resolve_num_threads`)."""
+        n_hidden = int(self.module_kwargs_.get("n_hidden", PRESETS["default"]["n_hidden"]))
+        return resolve_num_threads(num_threads, self.module.n_genes, n_hidden, on_cpu, phase)
 
     def _calibrate(self, train_kwargs: dict) -> None:
         """Fit the baselines on the training data and run the inner validation (see train)."""
@@ -654,7 +671,9 @@ class DolorisModel(
             if weight >= 1.0:
                 continue
             rows = np.asarray(ct_names) == ct
-            base = self.baselines_.predict(baseline, x[rows], plan["label"], np.full(rows.sum(), ct))
+            base = self.baselines_.predict(
+                baseline, x[rows], plan["label"], np.full(rows.sum(), ct)
+            )
             out[rows] = blend(x_hat[rows], base, weight)
         return out
 
@@ -908,6 +927,7 @@ class DolorisModel(
         return keep
 
     # ------------------------------------------------------------------ prediction
+    @predict_threads
     @torch.inference_mode()
     def get_latent(
         self,
@@ -917,6 +937,7 @@ class DolorisModel(
         batch_size: int = 1024,
         layer: str | None | Literal["setup"] = "setup",
         seed: int | None = 0,
+        num_threads: int | None = None,
     ) -> np.ndarray:
         """Encode control cells into the shared Gaussian latent (deterministic DDIM, backwards).
 
@@ -935,6 +956,8 @@ class DolorisModel(
         seed
             Seed of the light noise that starts the encoding (see
             :meth:`~scdoloris.module.DolorisModule.encode`).
+        num_threads
+            CPU threads of torch during the call, as in :meth:`predict`.
 
         Returns
         -------
@@ -958,6 +981,7 @@ class DolorisModel(
             out.append(self.module.encode(x, ct, n_steps, generator).cpu().numpy())
         return np.concatenate(out)
 
+    @predict_threads
     @torch.inference_mode()
     def predict(
         self,
@@ -980,6 +1004,7 @@ class DolorisModel(
         residual: Literal["values", "full", "none"] = "values",
         calibrate: bool = True,
         allow_unknown: bool = False,
+        num_threads: int | None = None,
     ) -> ad.AnnData:
         """Predict perturbed cells from control cells, one predicted cell per control cell.
 
@@ -1077,6 +1102,11 @@ class DolorisModel(
             the training tokens it was shown as unknown (10% of them). Calibrated as an unseen
             token. ``False`` (default) raises an error naming the token and close matches,
             since an unknown token is most often a typo.
+        num_threads
+            CPU threads of torch during the call; the previous count is restored afterwards.
+            None: ``scvi.settings.num_threads`` if set, else the model's default on a CPU (one
+            thread for the default preset up to 2000 genes, see :doc:`/guide/training`) and no
+            change on a GPU.
 
         Returns
         -------
@@ -1383,6 +1413,17 @@ def _matched_labels(pools: list[dict[int, tuple]], names: list[str]) -> dict[str
     return {
         name: [pool[c][3] for c in sorted(pool)] for name, pool in zip(names, pools, strict=True)
     }
+
+
+def _trains_on_cpu(accelerator) -> bool:
+    """Whether ``train(accelerator=...)`` computes on the CPU (``"auto"``: no CUDA device;
+    scvi-tools never picks MPS by itself)."""
+    if isinstance(accelerator, str):
+        name = accelerator.lower()
+        return name == "cpu" or (name == "auto" and not torch.cuda.is_available())
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    return isinstance(accelerator, CPUAccelerator)
 
 
 def _generator(seed: int | None) -> torch.Generator:

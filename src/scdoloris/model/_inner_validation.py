@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from .._constants import PAD, REGISTRY_KEYS
+from .._constants import REGISTRY_KEYS
 from .._perturbation import format_tokens
 from ..baselines import Additive, MeanShift
 from ..metrics import e_distance, emd
@@ -131,7 +131,9 @@ class InnerValidationMixin:
             obs["cell_type"] = table["cell_type"].to_numpy()[rows]
         if self.has_doses:
             obs["dose"] = table["dose"].to_numpy()[rows]
-        return ad.AnnData(X.astype(np.float32), obs=obs, var=pd.DataFrame(index=self.adata_var_names))
+        return ad.AnnData(
+            X.astype(np.float32), obs=obs, var=pd.DataFrame(index=self.adata_var_names)
+        )
 
     def _baseline_delimiter(self) -> str:
         return _WHOLE if self.has_doses else self.setup_args["combination_delimiter"]
@@ -164,7 +166,9 @@ class InnerValidationMixin:
         table = self._condition_table()
         ids = table["key_id"].to_numpy()
         by_id = dict(zip(ids, table["key"], strict=True))
-        counts = {by_id[i]: int(n) for i, n in zip(*np.unique(ids, return_counts=True), strict=True)}
+        counts = {
+            by_id[i]: int(n) for i, n in zip(*np.unique(ids, return_counts=True), strict=True)
+        }
         plan = plan_validation(counts, rng)
         if not plan.held_out and not plan.seen:
             return None
@@ -208,7 +212,11 @@ class InnerValidationMixin:
             R = _dense(self._labelled_anndata(real, table).X)
             label = table["label"].to_numpy()[real[0]]
             perturbation = table["perturbation"].to_numpy()[real[0]]
-            dose = None if np.isnan(table["dose"].to_numpy()[real[0]]) else table["dose"].to_numpy()[real[0]]
+            dose = (
+                None
+                if np.isnan(table["dose"].to_numpy()[real[0]])
+                else table["dose"].to_numpy()[real[0]]
+            )
             cell_type = key.cell_type if "cell_type" in inner_adata.obs else None
             with warnings.catch_warnings():  # held-out tokens may be unknown to the inner model
                 warnings.simplefilter("ignore", UserWarning)

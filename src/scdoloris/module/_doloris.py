@@ -54,6 +54,8 @@ def unknown_token_dropout(
     if mol_idx is not None:
         mol_idx = torch.where(drop, PAD, mol_idx)
     return vocab_idx, node_idx, mol_idx
+
+
 CELL_TYPE_DROPOUT = 0.5  # the default of DolorisModule(cell_type_dropout=...)
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._constants import PAD
-
 
 def encode_dose(dose: torch.Tensor, reference: float, maximum: float) -> torch.Tensor:
     """A dose on the model's scale: ``log1p(dose / reference) / log1p(maximum / reference)``.
