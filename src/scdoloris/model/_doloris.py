@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from scipy import sparse
 from scvi.data import AnnDataManager
-from scvi.data._constants import _MODEL_NAME_KEY, _SETUP_ARGS_KEY
+from scvi.data._constants import _MODEL_NAME_KEY, _SCVI_VERSION_KEY, _SETUP_ARGS_KEY
 from scvi.data.fields import CategoricalObsField, LayerField, NumericalObsField
 from scvi.model._utils import parse_device_args
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
@@ -32,7 +32,8 @@ from .._anndata_utils import (
 )
 from .._constants import DEFAULT_CELL_TYPE, PAD, REGISTRY_KEYS
 from .._fields import PerturbationTokenField, tokenize_column
-from .._perturbation import format_tokens
+from .._logging import quiet
+from .._perturbation import format_tokens, parse_perturbation
 from ..module import DolorisModule
 from ..module._doloris import CELL_TYPE_DROPOUT
 from ..module._mask_sampler import CoherentMaskSampler, MaskBank, build_mask_bank
@@ -281,18 +282,19 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
                 torch.from_numpy(effects.token_expressed_effect[n_vocab:]),
                 torch.from_numpy(effects.token_detection_effect[n_vocab:]),
             )
-        n_featured = int((np.abs(stats.node_features).sum(1) > 0).sum())
-        n_mol = int(is_molecule.sum())
-        self._model_summary_string = (
-            f"DolorisModel: {len(genes)} genes, {len(cell_types)} cell type(s), "
-            f"{len(vocabulary)} perturbation tokens"
-            + (
-                f" ({n_mol} molecules{' with doses' if levels is not None else ''})"
-                if n_mol
-                else ""
-            )
-            + f", gene graph of {len(stats.node_names)} nodes "
-            f"({n_featured} with features) and {stats.edge_index.shape[1]} edges; "
+        self._model_summary_string = self._summary()
+
+    def _summary(self) -> str:
+        """The model's summary (``print(model)``), from its saved state: the same after load."""
+        featured = self.module.condition.perturbation.node_has_features
+        n_mol = int(self._vocab_is_molecule().sum())
+        preset = self.init_params_["non_kwargs"].get("preset", "default")
+        return (
+            f"DolorisModel: {len(self.adata_var_names)} genes, {len(self.cell_types_)} cell "
+            f"type(s), {len(self.vocabulary_)} perturbation tokens"
+            + (f" ({n_mol} molecules{' with doses' if self.has_doses else ''})" if n_mol else "")
+            + f", gene graph of {len(self.node_names_)} nodes "
+            f"({int(featured.sum())} with features) and {self.module_kwargs_['n_edges']} edges; "
             f"preset={preset!r}, {sum(p.numel() for p in self.module.parameters()):,} parameters."
         )
 
@@ -414,6 +416,51 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         """The arguments given to :meth:`setup_anndata`."""
         return dict(self.registry_[_SETUP_ARGS_KEY])
 
+    def view_anndata_setup(
+        self, adata: ad.AnnData | None = None, hide_state_registries: bool = False
+    ) -> None:
+        """Print how the data were registered: the setup arguments, summary and data registry.
+
+        On a model loaded without data it prints the registration saved with the model.
+
+        Parameters
+        ----------
+        adata
+            An AnnData set up for this model; default: the model's training data.
+        hide_state_registries
+            Leave out the details of each field (the vocabulary, the cell types, ...).
+
+        Examples
+        --------
+        >>> model.view_anndata_setup()  # doctest: +SKIP
+        >>> DolorisModel.load("doloris_model/").view_anndata_setup()  # doctest: +SKIP
+        """
+        import rich
+        import rich.console
+        import rich.pretty  # noqa: F401  scvi-tools calls rich.pretty, which rich>=14 no longer imports
+
+        if adata is not None or self.adata is not None:
+            return super().view_anndata_setup(adata, hide_state_registries)
+        registry = self.registry_
+        rich.print(
+            f"Anndata setup with scvi-tools version {registry[_SCVI_VERSION_KEY]}, saved with the "
+            "model (no data attached: load with adata= to see the fields' details)."
+        )
+        rich.print()
+        AnnDataManager.view_setup_method_args(registry)
+        console = rich.console.Console()
+        console.print(
+            AnnDataManager._view_summary_stats(
+                AnnDataManager._get_summary_stats_from_registry(registry)
+            )
+        )
+        console.print(
+            AnnDataManager._view_data_registry(
+                AnnDataManager._get_data_registry_from_registry(registry)
+            )
+        )
+        return None
+
     # ------------------------------------------------------------------ training
     def train(
         self,
@@ -431,6 +478,7 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         devices: int | list[int] | str = "auto",
         early_stopping: bool = False,
         plan_kwargs: dict | None = None,
+        verbose: bool = False,
         **trainer_kwargs,
     ):
         """Train the source, target and mask networks with Lightning (GPU when present).
@@ -459,16 +507,22 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         accelerator, devices
             Lightning settings; ``"auto"`` uses a GPU when there is one.
         early_stopping
-            Stop when the validation loss stops improving (needs ``train_size < 1``).
+            Stop when the validation loss (``validation_loss``) stops improving (needs
+            ``train_size < 1``).
         plan_kwargs
             More keyword arguments of :class:`~scdoloris.train.DolorisTrainingPlan`.
+        verbose
+            Show the messages of scvi-tools and Lightning (device banner, tips, their own
+            deprecation warnings), hidden by default; ``scvi.settings.verbosity =
+            logging.DEBUG`` shows them too. Warnings about your data are always shown.
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar=False``).
 
         Examples
         --------
         >>> model.train(max_epochs=50)  # doctest: +SKIP
-        >>> model.history["train_loss_epoch"].tail()  # doctest: +SKIP
+        >>> model.history["train_loss"].tail()  # doctest: +SKIP
+        >>> model.history["mask_loss_train"].tail()  # doctest: +SKIP
         """
         if self.adata is None:
             raise ValueError(
@@ -492,22 +546,25 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         n_batches = max(1, math.ceil(n_train / batch_size))
         trainer_kwargs.setdefault("log_every_n_steps", min(50, n_batches))
         trainer_kwargs.setdefault("check_val_every_n_epoch", 10 if train_size < 1 else None)
+        # scvi-tools monitors its ELBO, which this model does not log (see DolorisTrainingPlan)
+        trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         if train_size >= 1:
             trainer_kwargs.pop("check_val_every_n_epoch")
         self._fill_control_bank()
         self.module.train()
         try:
-            return super().train(
-                max_epochs=max_epochs,
-                batch_size=batch_size,
-                train_size=train_size,
-                validation_size=validation_size,
-                accelerator=accelerator,
-                devices=devices,
-                early_stopping=early_stopping,
-                plan_kwargs=plan,
-                **trainer_kwargs,
-            )
+            with quiet(verbose):
+                return super().train(
+                    max_epochs=max_epochs,
+                    batch_size=batch_size,
+                    train_size=train_size,
+                    validation_size=validation_size,
+                    accelerator=accelerator,
+                    devices=devices,
+                    early_stopping=early_stopping,
+                    plan_kwargs=plan,
+                    **trainer_kwargs,
+                )
         except SystemExit as err:
             # Lightning turns Ctrl+C into sys.exit(1) after a graceful shutdown; keep the
             # epochs done so far (scvi-tools already saved the history) instead of exiting
@@ -758,6 +815,74 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
 
     # ------------------------------------------------------------------ prediction
     @torch.inference_mode()
+    def get_latent_representation(
+        self,
+        adata: ad.AnnData | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
+        cell_type: str | None = None,
+        n_steps: int = 50,
+        batch_size: int = 1024,
+        layer: str | None | Literal["setup"] = "setup",
+        seed: int | None = 0,
+    ) -> np.ndarray:
+        """Encode cells into the shared Gaussian latent (deterministic DDIM, backwards).
+
+        scvi-tools' name for :meth:`get_latent`: the same latents, one row per cell of
+        ``adata`` (or of ``adata[indices]``). The source model encodes **control** cells: their
+        latents are about standard normal; other cells are encoded as if they were controls.
+
+        Parameters
+        ----------
+        adata
+            Cells to encode; genes are matched to the model's by name. Default: the model's
+            training data (all its cells).
+        indices
+            Rows of ``adata`` to encode; default: all.
+        cell_type
+            Cell type of all cells; default: the model's cell-type column of ``adata``.
+        n_steps
+            DDIM steps.
+        batch_size
+            Cells per batch.
+        layer
+            Layer to read; ``"setup"`` uses the one registered in training if present.
+        seed
+            Seed of the light noise that starts the encoding (see
+            :meth:`~scdoloris.module.DolorisModule.encode`); ``predict`` with the same seed
+            encodes the same cells into the same latents.
+
+        Returns
+        -------
+        Cells x genes array of latents.
+
+        Examples
+        --------
+        >>> ctrl = adata[adata.obs["perturbation"] == "ctrl"].copy()  # doctest: +SKIP
+        >>> ctrl.obsm["X_doloris"] = model.get_latent_representation(ctrl)  # doctest: +SKIP
+        """
+        self._check_if_trained(warn=True)
+        if adata is None:
+            if self.adata is None:
+                raise ValueError(
+                    "This model has no data attached (it was loaded without adata): pass the "
+                    "cells to encode, get_latent_representation(adata)."
+                )
+            adata = self.adata
+        adata = self._expression_input(adata)
+        if indices is not None:
+            adata = adata[np.asarray(indices)]
+        X = self._read_controls(adata, layer)
+        codes, _ = self._cell_type_codes(adata, cell_type)
+        self.module.eval()
+        device = self.module.device
+        generator = _generator(seed)
+        out = []
+        for sl in self._batches(X.shape[0], batch_size):
+            x = torch.from_numpy(X[sl]).to(device)
+            ct = torch.from_numpy(codes[sl]).to(device)
+            out.append(self.module.encode(x, ct, n_steps, generator).cpu().numpy())
+        return np.concatenate(out)
+
     def get_latent(
         self,
         adata_ctrl: ad.AnnData,
@@ -768,6 +893,8 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         seed: int | None = 0,
     ) -> np.ndarray:
         """Encode control cells into the shared Gaussian latent (deterministic DDIM, backwards).
+
+        The same as :meth:`get_latent_representation` (scvi-tools' name) of ``adata_ctrl``.
 
         Parameters
         ----------
@@ -793,19 +920,90 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         --------
         >>> z = model.get_latent(adata[adata.obs["perturbation"] == "ctrl"])  # doctest: +SKIP
         """
-        self._check_if_trained(warn=True)
-        adata_ctrl = self._expression_input(adata_ctrl)
-        X = self._read_controls(adata_ctrl, layer)
-        codes, _ = self._cell_type_codes(adata_ctrl, cell_type)
-        self.module.eval()
-        device = self.module.device
-        generator = _generator(seed)
-        out = []
-        for sl in self._batches(X.shape[0], batch_size):
-            x = torch.from_numpy(X[sl]).to(device)
-            ct = torch.from_numpy(codes[sl]).to(device)
-            out.append(self.module.encode(x, ct, n_steps, generator).cpu().numpy())
-        return np.concatenate(out)
+        return self.get_latent_representation(
+            adata_ctrl,
+            cell_type=cell_type,
+            n_steps=n_steps,
+            batch_size=batch_size,
+            layer=layer,
+            seed=seed,
+        )
+
+    def _warn_if_not_controls(self, adata: ad.AnnData) -> None:
+        """Warn, with their number, when input cells of ``predict`` are not control cells.
+
+        Only possible when ``adata`` has the model's perturbation column. A cell is a control
+        when its label parses to no token, or (for a model with doses) when all its tokens are
+        molecules given at dose 0.
+        """
+        key = self.setup_args.get("perturbation_key")
+        if key is None or key not in adata.obs:
+            return
+        control = self.setup_args["control_group"]
+        delimiter = self.setup_args["combination_delimiter"]
+        labels = adata.obs[key].astype(str).to_numpy()
+        unique, inverse = np.unique(labels, return_inverse=True)
+
+        def tokens(label: str) -> tuple[str, ...] | None:
+            try:
+                return parse_perturbation(label, control, delimiter)
+            except (TypeError, ValueError):  # a malformed label: not a control
+                return None
+
+        parsed = [tokens(u) for u in unique]
+        is_control = np.array([t == () for t in parsed], dtype=bool)[inverse]
+        dose_key = self.setup_args.get("dose_key")
+        if dose_key is not None and dose_key in adata.obs:
+            molecules = set(getattr(self, "molecule_names_", []))
+            only_molecules = np.array(
+                [bool(t) and all(m in molecules for m in t) for t in parsed], dtype=bool
+            )
+            dose = pd.to_numeric(adata.obs[dose_key], errors="coerce").to_numpy(np.float64)
+            is_control |= only_molecules[inverse] & (dose <= 0)
+        n_other = int((~is_control).sum())
+        if n_other:
+            examples = sorted(set(labels[~is_control]))[:3]
+            warnings.warn(
+                f"{n_other} of the {adata.n_obs} input cells are not control cells "
+                f"(obs[{key!r}] is e.g. {examples}, not {control!r}); predict takes every input "
+                "cell as a control cell. To predict from the controls only, pass "
+                f"adata[adata.obs[{key!r}] == {control!r}].",
+                UserWarning,
+                stacklevel=4,  # the caller of predict (through torch's inference_mode wrapper)
+            )
+
+    def _with_controls(
+        self, pred: ad.AnnData, X, obs_names: np.ndarray, cell_types: np.ndarray
+    ) -> ad.AnnData:
+        """``pred`` followed by the input control cells (``predict(include_controls=True)``).
+
+        The controls' ``X`` is the input expression on the model's genes, ``perturbation`` the
+        control label, ``control_cell`` their own obs name and ``predicted`` False.
+        """
+        control = self.setup_args["control_group"]
+        n = X.shape[0]
+        block_X = np.empty((n, len(self.adata_var_names)), dtype=np.float32)
+        for sl in self._batches(n, 4096):
+            block_X[sl] = X[sl]
+        block = prediction_anndata(
+            block_X,
+            self.adata_var_names,
+            perturbation=[control] * n,
+            cell_type=cell_types,
+            control_cell=obs_names,
+            dose=np.full(n, np.nan) if "dose" in pred.obs else None,
+        )
+        block.obs["predicted"] = False
+        block.obs_names = [f"ctrl-{i}" for i in range(n)]
+        for name in pred.layers:  # e.g. expression_probability: none for an input cell
+            block.layers[name] = np.full(block.shape, np.nan, dtype=np.float32)
+        out = ad.concat([pred, block], merge="same")
+        out.uns = pred.uns
+        out.uns["scdoloris"]["include_controls"] = True
+        for column in ("perturbation", "cell_type"):
+            values = out.obs[column].astype(str)
+            out.obs[column] = pd.Categorical(values, categories=list(dict.fromkeys(values)))
+        return out
 
     @torch.inference_mode()
     def predict(
@@ -827,6 +1025,7 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         progress_bar: bool = True,
         molecule_features: pd.DataFrame | None = None,
         residual: Literal["values", "full", "none"] = "values",
+        include_controls: bool = False,
     ) -> ad.AnnData:
         """Predict perturbed cells from control cells, one predicted cell per control cell.
 
@@ -910,13 +1109,25 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             none / values / full): Norman pairs 0.493 / 0.497 / 0.582, Kang held-out CD4 T
             cells 0.592 / 0.584 / 0.580, Papalexi unseen knockouts 0.424 / 0.365 / 0.352.
             Costs one more decoding per batch.
+        include_controls
+            Append the input cells after the predicted ones, with ``perturbation`` the control
+            label and ``predicted`` False (``X``: their expression on the model's genes), so
+            that one AnnData holds both, e.g. for ``sc.tl.rank_genes_groups(pred,
+            "perturbation", reference=control_label)``.
 
         Returns
         -------
         A new AnnData: ``X`` the predicted log-normalised expression with the model's genes;
         ``obs`` with ``perturbation``, ``dose`` (for a model with doses, when doses are given
         or for a DataFrame of conditions), ``cell_type``, ``control_cell`` and ``predicted``;
-        ``uns["scdoloris"]`` with the settings.
+        ``uns["scdoloris"]`` with the settings. With ``include_controls``, the input cells
+        follow.
+
+        Warns
+        -----
+        UserWarning
+            When the input has the model's perturbation column and some of its cells are not
+            control cells (every input cell is taken as a control cell).
 
         Examples
         --------
@@ -928,6 +1139,8 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         >>> conditions = pd.DataFrame({"perturbation": ["panobinostat"] * 2,
         ...                            "dose": [0.1, 1.0], "cell_type": ["A549", "MCF7"]})
         >>> pred = model.predict(ctrl, conditions)  # doctest: +SKIP
+        >>> both = model.predict(ctrl, "KLF1+MAP2K6", include_controls=True)  # doctest: +SKIP
+        >>> sc.tl.rank_genes_groups(both, "perturbation", reference="ctrl")  # doctest: +SKIP
         """
         self._check_if_trained(warn=True)
         if mask not in MASK_MODES:
@@ -941,6 +1154,7 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         if isinstance(perturbation, pd.DataFrame):
             return predict_table(self, adata_ctrl, perturbation, cell_type, dose, locals())
         adata_ctrl = self._expression_input(adata_ctrl)
+        self._warn_if_not_controls(adata_ctrl)
         perturbations = [perturbation] if isinstance(perturbation, str) else list(perturbation)
         if not perturbations:
             raise ValueError("Pass at least one perturbation.")
@@ -1062,6 +1276,8 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         )
         if return_probabilities:
             out.layers["expression_probability"] = out_p
+        if include_controls:
+            out = self._with_controls(out, X, obs_names, ct_names)
         return out
 
     # ------------------------------------------------------------------ save / load
@@ -1112,6 +1328,7 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         accelerator: str = "auto",
         device: int | str = "auto",
         prefix: str | None = None,
+        verbose: bool = False,
     ) -> DolorisModel:
         """Load a saved model; no training data is needed to predict.
 
@@ -1125,6 +1342,9 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             Where to put the model (``"auto"``: a GPU when present).
         prefix
             Prefix of the file names.
+        verbose
+            Show scvi-tools' messages (e.g. that the file is "already downloaded"), hidden by
+            default; ``scvi.settings.verbosity = logging.DEBUG`` shows them too.
 
         Examples
         --------
@@ -1136,9 +1356,10 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             return_device="torch",
             validate_single_device=True,
         )
-        attr_dict, var_names, state_dict, _ = _load_saved_files(
-            dir_path, False, map_location=torch_device, prefix=prefix
-        )
+        with quiet(verbose):
+            attr_dict, var_names, state_dict, _ = _load_saved_files(
+                dir_path, False, map_location=torch_device, prefix=prefix
+            )
         version = attr_dict.get("scdoloris_version_")
         file_format = attr_dict.get("file_format_")
         if version is None or file_format is None:
@@ -1178,6 +1399,7 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
                 f"not fit this version's model ({err.args[0].splitlines()[0]}). Retrain, or "
                 f"install scdoloris {version} to load it."
             ) from err
+        model._model_summary_string = model._summary()
         model.to_device(torch_device)
         model.module.eval()
         if adata is not None:
