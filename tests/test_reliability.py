@@ -268,3 +268,22 @@ def test_a_model_saved_before_the_unseen_and_cell_type_priors_loads_with_them_of
     assert not loaded.module.unseen_detection_effect.any()  # off, as that version behaved
     with pytest.raises(ValueError, match="unseen_prior must be one of"):
         loaded.module.unseen_prior = "nonee"
+
+
+@pytest.mark.parametrize(
+    ("mask", "start"),
+    [("coupled", "latent"), ("coherent", "latent"), ("bernoulli", "noise")],
+)
+def test_a_conditions_cells_do_not_depend_on_the_other_conditions_of_the_call(mask, start):
+    adata = toy(n_per=30)
+    model = trained(adata)
+    ctrl = adata[adata.obs["perturbation"] == "ctrl"].copy()
+    settings = {"seed": 0, "n_steps": 3, "mask": mask, "start": start, "progress_bar": False}
+    settings["batch_size"] = 7  # several batches: the streams run across them
+    many = model.predict(ctrl, ["g1", "g2+g1", "g2"], **settings)
+    alone = model.predict(ctrl, "g1+g2", **settings)
+    np.testing.assert_array_equal(many[many.obs["perturbation"] == "g1+g2"].X, alone.X)
+    first = model.predict(ctrl, ["g2", "g1"], **settings)
+    np.testing.assert_array_equal(
+        first[first.obs["perturbation"] == "g1"].X, many[many.obs["perturbation"] == "g1"].X
+    )

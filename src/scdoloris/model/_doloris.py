@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import signal
@@ -1170,7 +1171,13 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         codes, ct_names = self._cell_type_codes(adata_ctrl, cell_type)
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
-        generator = _generator(seed)
+        generator = _generator(seed)  # the encoding's: shared by all conditions
+        # each condition draws from its own stream (mask sampling, noise start), derived from the
+        # seed and the condition, so its cells do not depend on the call's other conditions
+        streams = [
+            _condition_generator(seed, name, d, cell_type)
+            for name, d in zip(names, doses, strict=True)
+        ]
 
         self.module.eval()
         n = X.shape[0]
@@ -1218,7 +1225,7 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             for j, cond in enumerate(conditions):
                 kw = self._slice_condition(cond, sl, device)
                 if from_noise.any():
-                    latent = torch.randn(x.shape, generator=generator).to(device)
+                    latent = torch.randn(x.shape, generator=streams[j]).to(device)
                     if not from_noise.all():
                         latent = torch.where(from_noise, latent, encoded)
                     x_ref = None
@@ -1235,10 +1242,10 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
                     if return_probabilities:
                         out_p[j * n + sl.start : j * n + sl.stop] = p.cpu().numpy()
                 if mask == "bernoulli":
-                    draw = torch.rand(p.shape, generator=generator).to(device)
+                    draw = torch.rand(p.shape, generator=streams[j]).to(device)
                     x_hat = x_hat * (draw < p)
                 elif plans is not None:
-                    keep = self._draw_mask(mask, plans[j], x_np, codes[sl], generator)
+                    keep = self._draw_mask(mask, plans[j], x_np, codes[sl], streams[j])
                     x_hat = x_hat * torch.from_numpy(keep).to(device)
                 out_X[j * n + sl.start : j * n + sl.stop] = (
                     (x_hat * self.module.x_max).cpu().numpy()
@@ -1425,6 +1432,38 @@ def _generator(seed: int | None) -> torch.Generator:
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0])
     return torch.Generator().manual_seed(int(seed))
+
+
+def _condition_generator(
+    seed: int, perturbation: str, dose: float | None, cell_type: str | None
+) -> torch.Generator:
+    """A CPU generator of one condition's random draws in ``predict``.
+
+    Seeded from ``seed`` and a hash of the condition (the normalised perturbation, the dose and
+    the ``cell_type`` argument), so that a condition gets the same draws whatever other
+    conditions share the call, and different conditions get independent streams.
+
+    Examples
+    --------
+    >>> a = _condition_generator(0, "KLF1+MAP2K6", None, None)
+    >>> b = _condition_generator(0, "KLF1+MAP2K6", None, None)
+    >>> bool(torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=b)))
+    True
+    >>> c = _condition_generator(0, "KLF1", None, None)
+    >>> bool(torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=c)))
+    False
+    """
+    key = "\x1f".join(
+        [
+            perturbation,
+            "" if dose is None else repr(float(dose)),
+            "" if cell_type is None else str(cell_type),
+        ]
+    )
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest()
+    words = np.frombuffer(digest, dtype=np.uint32).tolist()
+    sequence = np.random.SeedSequence([int(seed) % 2**64, *words])
+    return torch.Generator().manual_seed(int(sequence.generate_state(1, np.uint64)[0]))
 
 
 def _suggest(name: str, choices: Sequence[str]) -> str:
