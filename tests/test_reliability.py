@@ -287,3 +287,45 @@ def test_a_conditions_cells_do_not_depend_on_the_other_conditions_of_the_call(ma
     np.testing.assert_array_equal(
         first[first.obs["perturbation"] == "g1"].X, many[many.obs["perturbation"] == "g1"].X
     )
+
+
+SIGTERM_SCRIPT = """
+import os, signal
+import scanpy as sc, scvi
+from lightning.pytorch.callbacks import Callback
+from scdoloris import DolorisModel
+from scdoloris.datasets import simulate
+
+class Terminate(Callback):  # the cluster scheduler stops the job during the second epoch
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+scvi.settings.seed = 0
+adata = simulate(n_cells=120, n_genes=40, seed=0)
+sc.pp.normalize_total(adata)
+sc.pp.log1p(adata)
+DolorisModel.setup_anndata(adata, perturbation_key="perturbation", control_group="ctrl")
+model = DolorisModel(adata, n_hidden=16, n_layers=1, n_cond=8, n_graph_hidden=8, n_mask_hidden=8)
+try:
+    model.train(max_epochs=50, enable_progress_bar=False, callbacks=[Terminate()])
+    print("the script went on after train()")
+except SystemExit as stop:
+    ctrl = adata[adata.obs["perturbation"] == "ctrl"]
+    pred = model.predict(ctrl, "ctrl", n_steps=2, progress_bar=False)
+    print("kept", len(model.history["train_loss"]), "epochs, trained:", model.is_trained,
+          "predicted:", pred.n_obs, flush=True)
+    raise
+"""
+
+
+def test_sigterm_keeps_the_epochs_and_exits_non_zero(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(SIGTERM_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 143, (proc.returncode, proc.stdout, proc.stderr[-2000:])
+    assert "went on after train()" not in proc.stdout
+    assert "kept 2 epochs, trained: True" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert "Training stopped by SIGTERM after 2 epoch(s)" in proc.stderr

@@ -14,6 +14,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from scipy import sparse
 from scvi.data import AnnDataManager
 from scvi.data._constants import _MODEL_NAME_KEY, _SCVI_VERSION_KEY, _SETUP_ARGS_KEY
@@ -55,6 +56,7 @@ from ._statistics import (
 logger = logging.getLogger(__name__)
 
 FILE_FORMAT = 1
+EXIT_SIGTERM = 128 + signal.SIGTERM  # the shell's status of a process stopped by SIGTERM
 MASK_MODES = ("coherent", "coupled", "bernoulli", "none")
 DEFAULT_TRAIN_STEPS = 2000
 COMMON_CONTROL_LABELS = ("ctrl", "control", "non-targeting", "NT", "unperturbed", "DMSO")
@@ -567,13 +569,27 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
                     **trainer_kwargs,
                 )
         except SystemExit as err:
-            # Lightning turns Ctrl+C into sys.exit(1) after a graceful shutdown; keep the
-            # epochs done so far (scvi-tools already saved the history) instead of exiting
-            if not isinstance(err.__context__, KeyboardInterrupt):
+            # Lightning turns Ctrl+C into sys.exit(1) after a graceful shutdown, and SIGTERM (a
+            # cluster scheduler's stop) into SIGTERMException, a SystemExit with status 0. Both
+            # keep the epochs done so far (scvi-tools already saved the history); Ctrl+C then
+            # returns, SIGTERM exits with status 143 (128 + SIGTERM), never 0
+            sigterm = isinstance(err, SIGTERMException)
+            if not sigterm and not isinstance(err.__context__, KeyboardInterrupt):
                 raise
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            self.is_trained_ = True
-            n_done = len(self.history["train_loss"]) if self.history else 0
+            if not sigterm:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+            history = self.history or {}
+            n_done = len(history["train_loss"]) if "train_loss" in history else 0
+            self.is_trained_ = self.is_trained_ or n_done > 0
+            if sigterm:
+                warnings.warn(
+                    f"Training stopped by SIGTERM after {n_done} epoch(s); the model keeps them. "
+                    f"Exiting with status {EXIT_SIGTERM} (to save the model, catch SystemExit "
+                    "around train() and call model.save).",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                raise SystemExit(EXIT_SIGTERM) from err
             warnings.warn(
                 f"Training interrupted after {n_done} epoch(s); the model keeps them.",
                 UserWarning,
