@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import math
 import signal
@@ -55,7 +56,12 @@ from ._statistics import (
 
 logger = logging.getLogger(__name__)
 
-FILE_FORMAT = 1
+# The version of the saved files. Bump it whenever a save holds something an older scdoloris
+# cannot read (e.g. a new key of module_kwargs_, a keyword argument of DolorisModule): older
+# versions then refuse the file with a clear message instead of failing inside. load() reads
+# every format up to this one. 1: the first; 2: module_kwargs_ records cell_type_dropout
+# (an unknown keyword argument of a format-1 reader's DolorisModule).
+FILE_FORMAT = 2
 EXIT_SIGTERM = 128 + signal.SIGTERM  # the shell's status of a process stopped by SIGTERM
 MASK_MODES = ("coherent", "coupled", "bernoulli", "none")
 DEFAULT_TRAIN_STEPS = 2000
@@ -1339,6 +1345,9 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
                 f"{dir_path!r} already exists. Pass overwrite=True to replace it, or choose "
                 "another directory."
             )
+        # a model loaded from an older file format is written in the current one
+        self.scdoloris_version_ = __version__
+        self.file_format_ = FILE_FORMAT
         super().save(
             dir_path, prefix=prefix, overwrite=overwrite, save_anndata=save_anndata, **kwargs
         )
@@ -1389,11 +1398,23 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             raise ValueError(
                 f"{dir_path!r} does not hold a scdoloris model (no scdoloris version recorded)."
             )
-        if file_format != FILE_FORMAT:
+        upgrade = (
+            f"Upgrade scdoloris (pip install -U scdoloris), or install scdoloris {version}, to "
+            "load it."
+        )
+        if not isinstance(file_format, int) or file_format > FILE_FORMAT or file_format < 1:
             raise ValueError(
-                f"{dir_path!r} was saved by scdoloris {version} in file format {file_format}; "
-                f"this scdoloris {__version__} reads format {FILE_FORMAT}. Install scdoloris "
-                f"{version} to load it."
+                f"{dir_path!r} was saved by a newer scdoloris ({version}) in file format "
+                f"{file_format}; this scdoloris {__version__} reads file formats 1 to "
+                f"{FILE_FORMAT}. {upgrade}"
+            )
+        known = set(inspect.signature(DolorisModule).parameters)
+        unknown = sorted(set(attr_dict.get("module_kwargs_", {})) - known)
+        if unknown:
+            raise ValueError(
+                f"{dir_path!r} was saved by a newer scdoloris ({version}): its model has options "
+                f"this scdoloris {__version__} does not know ({', '.join(map(repr, unknown))}). "
+                f"{upgrade}"
             )
         registry = attr_dict.pop("registry_")
         if registry.get(_MODEL_NAME_KEY, cls.__name__) != cls.__name__:
@@ -1401,7 +1422,7 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
                 f"{dir_path!r} holds a {registry[_MODEL_NAME_KEY]}, not a {cls.__name__}."
             )
         model = _initialize_model(cls, False, registry, attr_dict, None)
-        # models saved before the unknown cell type existed had none
+        # file format 1: models saved before the unknown cell type existed had none
         model.module_kwargs_.setdefault("cell_type_dropout", 0.0)
         model.module = DolorisModule(**model.module_kwargs_)
         state_dict.pop("pyro_param_store", None)
