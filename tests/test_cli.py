@@ -306,7 +306,7 @@ def test_help_has_examples(command):
 def test_demo_fast_writes_its_files(tmp_path):
     result = invoke("demo", "--fast", "--no-progress", "-o", tmp_path / "demo")
     assert result.exit_code == 0, result.output
-    for name in ("pred.h5ad", "metrics.csv", "umap.png"):
+    for name in ("pred.h5ad", "metrics.csv", "pairs.png"):
         assert (tmp_path / "demo" / name).stat().st_size > 0, name
     metrics = pd.read_csv(tmp_path / "demo" / "metrics.csv")
     assert set(metrics["method"]) == {"Doloris", "Additive", "NoChange"}

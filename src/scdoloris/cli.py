@@ -647,13 +647,13 @@ def evaluate(
     cls=_Command,
     epilog=(
         "[bold]Examples[/bold]\n\n"
-        "scdoloris demo                     (about 3000 cells x 400 genes; a few minutes)\n\n"
+        "scdoloris demo                     (about 3000 cells x 400 genes; prints its run time)\n\n"
         "scdoloris demo --fast -o /tmp/demo (tiny data, a few epochs; seconds)"
     ),
 )
 def demo(
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Folder for pred.h5ad, metrics.csv, umap.png.")
+        Path, typer.Option("--output", "-o", help="Folder for pred.h5ad, metrics.csv, pairs.png.")
     ] = Path("demo_output"),
     fast: Annotated[
         bool, typer.Option("--fast", help="Tiny data and a few epochs (seconds), e.g. for CI.")
@@ -667,8 +667,8 @@ def demo(
     """Simulate a screen, hold out gene pairs, train Doloris and compare it to baselines.
 
     Writes the predictions of the held-out pairs (pred.h5ad), the metrics of Doloris and of the
-    Additive and NoChange baselines (metrics.csv) and a UMAP of control, real and predicted
-    cells (umap.png).
+    Additive and NoChange baselines (metrics.csv) and a figure of each pair's control, real and
+    predicted cells with the metrics (pairs.png).
     """
     with _user_errors():
         if output.exists() and not output.is_dir():
