@@ -1197,8 +1197,8 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
         # each condition draws from its own stream (mask sampling, noise start), derived from the
         # seed and the condition, so its cells do not depend on the call's other conditions
         streams = [
-            _condition_generator(seed, name, d, cell_type)
-            for name, d in zip(names, doses, strict=True)
+            _condition_generator(seed, *_effective_condition(tokens, idx[2], d))
+            for tokens, idx, d in zip(parsed, indices, doses, strict=True)
         ]
 
         self.module.eval()
@@ -1471,32 +1471,47 @@ def _generator(seed: int | None) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
-def _condition_generator(
-    seed: int, perturbation: str, dose: float | None, cell_type: str | None
-) -> torch.Generator:
-    """A CPU generator of one condition's random draws in ``predict``.
-
-    Seeded from ``seed`` and a hash of the condition (the normalised perturbation, the dose and
-    the ``cell_type`` argument), so that a condition gets the same draws whatever other
-    conditions share the call, and different conditions get independent streams.
+def _effective_condition(
+    tokens: Sequence[str], molecule_rows: Sequence[int], dose: float | None
+) -> tuple[str, float | None]:
+    """The condition a perturbation and dose amount to: molecules at dose 0 are no perturbation,
+    and a dose means nothing without a molecule.
 
     Examples
     --------
-    >>> a = _condition_generator(0, "KLF1+MAP2K6", None, None)
-    >>> b = _condition_generator(0, "KLF1+MAP2K6", None, None)
+    >>> _effective_condition(("drugA", "KLF1"), [3, PAD], 0.0)
+    ('KLF1', None)
+    >>> _effective_condition(("KLF1",), [PAD], None)
+    ('KLF1', None)
+    """
+    if dose is not None and dose <= 0:
+        tokens = [t for t, m in zip(tokens, molecule_rows, strict=True) if m == PAD]
+        molecule_rows = [PAD] * len(tokens)
+    if all(m == PAD for m in molecule_rows):
+        dose = None
+    return "+".join(sorted(tokens)), dose
+
+
+def _condition_generator(seed: int, condition: str, dose: float | None) -> torch.Generator:
+    """A CPU generator of one condition's random draws in ``predict``.
+
+    Seeded from ``seed`` and a hash of the condition (its sorted tokens and its dose, see
+    :func:`_effective_condition`), so that a condition gets the same draws whatever other
+    conditions share the call (a table of conditions included), and different conditions get
+    different streams. The cell type is not part of it: the same control cells predicted under
+    one perturbation for two cell types draw the same random numbers, as they share their latent.
+
+    Examples
+    --------
+    >>> a = _condition_generator(0, "KLF1+MAP2K6", None)
+    >>> b = _condition_generator(0, "KLF1+MAP2K6", None)
     >>> bool(torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=b)))
     True
-    >>> c = _condition_generator(0, "KLF1", None, None)
+    >>> c = _condition_generator(0, "KLF1", None)
     >>> bool(torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=c)))
     False
     """
-    key = "\x1f".join(
-        [
-            perturbation,
-            "" if dose is None else repr(float(dose)),
-            "" if cell_type is None else str(cell_type),
-        ]
-    )
+    key = f"{condition}\x1f{'' if dose is None else repr(float(dose))}"
     digest = hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest()
     words = np.frombuffer(digest, dtype=np.uint32).tolist()
     sequence = np.random.SeedSequence([int(seed) % 2**64, *words])
