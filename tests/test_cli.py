@@ -243,6 +243,21 @@ def test_unknown_perturbation_is_named(screen, model_dir, tmp_path):
     assert not (tmp_path / "pred.h5ad").exists()
 
 
+def test_a_command_leaves_the_sessions_logging_and_warning_filters(screen, model_dir, tmp_path):
+    import logging
+    import warnings
+
+    names = ("scvi", "lightning.pytorch", "lightning.fabric", "lightning.fabric.utilities.seed")
+    filters, levels = list(warnings.filters), [logging.getLogger(n).level for n in names]
+    result = invoke(
+        "predict", model_dir, screen["dir"] / "screen.h5ad", "-p", screen["singles"][0],
+        "--normalize", "--n-steps", "2", "--no-progress", "-o", tmp_path / "pred.h5ad",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert list(warnings.filters) == filters
+    assert [logging.getLogger(n).level for n in names] == levels
+
+
 def test_raw_counts_without_normalize_suggest_the_flag(screen, model_dir, tmp_path):
     result = invoke(
         "predict", model_dir, screen["dir"] / "screen.h5ad", "-p", screen["pair"], "-o",

@@ -64,13 +64,22 @@ def records():
     """Messages logged by scvi-tools and Lightning at INFO and above during the test."""
     handler = _Records()
     loggers = [logging.getLogger(name) for name in NOISY]
-    levels = [lg.level for lg in loggers]
+    # their children as the libraries leave them (levels unset), whatever earlier code did
+    children = [
+        logging.getLogger(name)
+        for name in list(logging.root.manager.loggerDict)
+        if name.startswith(tuple(f"{n}." for n in NOISY))
+    ]
+    levels = [lg.level for lg in loggers + children]
     for lg in loggers:
         lg.addHandler(handler)
         lg.setLevel(logging.INFO)  # their defaults: chatter reaches the user
+    for lg in children:
+        lg.setLevel(logging.NOTSET)
     yield handler.messages
-    for lg, level in zip(loggers, levels, strict=True):
+    for lg in loggers:
         lg.removeHandler(handler)
+    for lg, level in zip(loggers + children, levels, strict=True):
         lg.setLevel(level)
 
 

@@ -8,7 +8,6 @@ printed as one red ``Error: ...`` line with exit code 1, without a traceback; us
 
 from __future__ import annotations
 
-import logging
 import time
 import warnings
 from collections.abc import Iterator
@@ -118,7 +117,8 @@ def _info(message: str) -> None:
 
 @contextmanager
 def _user_errors(inputs: dict[str, str] | None = None) -> Iterator[None]:
-    """Turn the library's errors about the user's input into ``Error: ...`` and exit code 1.
+    """Turn the library's errors about the user's input into ``Error: ...`` and exit code 1,
+    with the libraries' start-up chatter silenced.
 
     ``inputs`` names the files behind the library's matrices (``"adata.X"``, ``"real"``, ...)
     for the raw-counts error, which then gives the command line's advice.
@@ -126,7 +126,8 @@ def _user_errors(inputs: dict[str, str] | None = None) -> Iterator[None]:
     from ._anndata_utils import RawCountsError
 
     try:
-        yield
+        with _quiet_libraries():
+            yield
     except RawCountsError as error:
         where = (inputs or {}).get(error.where, error.where)
         _fail(
@@ -138,20 +139,18 @@ def _user_errors(inputs: dict[str, str] | None = None) -> Iterator[None]:
         _fail(_message(error))
 
 
-def _quiet_libraries() -> None:
-    """Silence start-up chatter of Lightning and scvi-tools (progress bars stay)."""
-    for name in (
-        "lightning.pytorch.utilities.rank_zero",
-        "lightning.fabric.utilities.rank_zero",
-        "lightning.fabric.utilities.seed",
-        "lightning.pytorch.accelerators.cuda",
-        "scvi",
-    ):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
+@contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Silence the start-up chatter of Lightning and scvi-tools during a command (progress bars
+    stay); the logging levels and warning filters are restored afterwards."""
+    from ._logging import quiet
+
+    with quiet(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
+        yield
 
 
 def _where(path: Path, layer: str | None) -> str:
@@ -304,7 +303,6 @@ def train(
                 "another directory."
             )
         adata = _read_h5ad(data, "Data file")
-        _quiet_libraries()
         from .model import DolorisModel
         from .model._doloris import EXIT_SIGTERM
 
@@ -404,7 +402,6 @@ def predict(
                 "written by `scdoloris train`."
             )
         adata = _read_h5ad(controls, "Controls file")
-        _quiet_libraries()
         from .model import DolorisModel
 
         try:
@@ -673,7 +670,6 @@ def demo(
     with _user_errors():
         if output.exists() and not output.is_dir():
             raise CLIError(f"{str(output)!r} is a file; give a folder for the demo's outputs.")
-        _quiet_libraries()
         from .demo import run_demo
 
         start = time.perf_counter()
