@@ -385,6 +385,10 @@ def test_a_save_of_a_newer_format_is_refused_with_the_fix(tmp_path, tiny_simulat
     torch.save(saved, path)
     with pytest.raises(ValueError, match=r"newer scdoloris \(9.0.0\).*pip install -U scdoloris"):
         DolorisModel.load(str(tmp_path / "m"))
+    saved["attr_dict"]["file_format_"] = 0  # not a format any version wrote
+    torch.save(saved, path)
+    with pytest.raises(ValueError, match=r"not hold a scdoloris model in a known file format"):
+        DolorisModel.load(str(tmp_path / "m"))
 
 
 def test_unknown_module_options_are_a_newer_save_not_a_type_error(tmp_path, tiny_simulated_model):

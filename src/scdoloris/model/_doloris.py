@@ -1402,7 +1402,12 @@ class DolorisModel(MoleculeDoseMixin, MuDataMixin, UnsupervisedTrainingMixin, Ba
             f"Upgrade scdoloris (pip install -U scdoloris), or install scdoloris {version}, to "
             "load it."
         )
-        if not isinstance(file_format, int) or file_format > FILE_FORMAT or file_format < 1:
+        if not isinstance(file_format, int) or file_format < 1:
+            raise ValueError(
+                f"{dir_path!r} does not hold a scdoloris model in a known file format (file "
+                f"format {file_format!r})."
+            )
+        if file_format > FILE_FORMAT:
             raise ValueError(
                 f"{dir_path!r} was saved by a newer scdoloris ({version}) in file format "
                 f"{file_format}; this scdoloris {__version__} reads file formats 1 to "
