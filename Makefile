@@ -22,8 +22,8 @@ test: $(STAMP)
 	$(PY) -m pytest src tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks tutorials/run.py
-	$(VENV)/bin/ruff format --check src tests benchmarks tutorials/run.py
+	$(VENV)/bin/ruff check src tests benchmarks tutorials/run.py tutorials/tutorial_setup.py
+	$(VENV)/bin/ruff format --check src tests benchmarks tutorials/run.py tutorials/tutorial_setup.py
 
 demo: $(STAMP)
 	$(PY) -m scdoloris demo -o demo_output

@@ -15,6 +15,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import typer
 from typer.testing import CliRunner
 
 import scdoloris
@@ -140,6 +141,86 @@ def test_bad_path_is_one_error_line_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
+# ---------------------------------------------------------------- evaluate: controls and flags
+@pytest.fixture(scope="module")
+def held_out(screen, model_dir) -> dict:
+    """The README's files: real.h5ad holds only the held-out pair's cells, controls.h5ad only
+    control cells, and pred.h5ad the pair predicted from controls.h5ad."""
+    folder = screen["dir"]
+    adata = ad.read_h5ad(folder / "screen.h5ad")
+    labels = adata.obs["perturbation"].astype(str)
+    adata[(labels == screen["pair"]).to_numpy()].copy().write_h5ad(folder / "real.h5ad")
+    adata[(labels == "ctrl").to_numpy()][::2].copy().write_h5ad(folder / "controls.h5ad")
+    result = invoke(
+        "predict", model_dir, folder / "controls.h5ad", "-p", screen["pair"], "--normalize",
+        "--n-steps", "3", "--no-progress", "-o", folder / "pred.h5ad",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    n_controls = int((labels == "ctrl").sum())
+    return {"dir": folder, "n_used": len(range(0, n_controls, 2)), "n_controls": n_controls}
+
+
+def test_readme_evaluate_with_only_perturbed_cells_in_real(held_out, tmp_path):
+    folder = held_out["dir"]
+    result = invoke(
+        "evaluate", folder / "pred.h5ad", folder / "real.h5ad", "--controls-file",
+        folder / "controls.h5ad", "--control", "ctrl", "--normalize", "-o", tmp_path / "m.csv",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"the {held_out['n_used']} cells of" in result.output
+    assert "predictions started from" in result.output
+    assert (tmp_path / "m.csv").stat().st_size > 0
+
+
+def test_evaluate_takes_the_predictions_controls_from_the_training_file(held_out, tmp_path):
+    folder = held_out["dir"]
+    result = invoke(
+        "evaluate", folder / "pred.h5ad", folder / "real.h5ad", "--controls-file",
+        folder / "train.h5ad", "--normalize", "-o", tmp_path / "m.csv",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    # only the control cells predict() was given, not all the controls of the training file
+    assert f"the {held_out['n_used']} cells of" in result.output
+    assert held_out["n_used"] < held_out["n_controls"]
+
+
+def test_evaluate_without_controls_names_the_option(held_out, tmp_path):
+    folder = held_out["dir"]
+    result = invoke(
+        "evaluate", folder / "pred.h5ad", folder / "real.h5ad", "--normalize", "-o",
+        tmp_path / "m.csv",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    lines = error_lines(result.output)
+    assert len(lines) == 1 and "no control cells" in lines[0] and "--controls-file" in lines[0]
+
+
+def test_control_is_the_label_in_train_and_evaluate(screen, held_out, tmp_path):
+    result = invoke(
+        "evaluate", held_out["dir"] / "pred.h5ad", screen["dir"] / "screen.h5ad", "--control",
+        "ctrl", "--normalize", "-o", tmp_path / "m.csv",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "labelled 'ctrl'" in result.output
+    commands = typer.main.get_command(app).commands
+    for name in ("train", "evaluate"):
+        (option,) = [p for p in commands[name].params if "--control" in p.opts]
+        assert option.help.startswith("Label of control cells"), (name, option.help)
+    opts = {o for c in commands.values() for p in c.params for o in p.opts}
+    assert "--controls-file" in opts and "--control-group" not in opts
+
+
+def test_evaluate_says_which_direction_is_better(held_out, tmp_path):
+    folder = held_out["dir"]
+    result = invoke(
+        "evaluate", folder / "pred.h5ad", folder / "real.h5ad", "--controls-file",
+        folder / "controls.h5ad", "--normalize", "-o", tmp_path / "m.csv",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "lower is better: E-distance, EMD, RMSE" in result.output
+    assert "higher is better: Pearson Δ" in result.output
+
+
 # ---------------------------------------------------------------- in-process checks
 def invoke(*args: str | Path):
     return runner.invoke(app, [str(a) for a in args])
@@ -162,13 +243,43 @@ def test_unknown_perturbation_is_named(screen, model_dir, tmp_path):
     assert not (tmp_path / "pred.h5ad").exists()
 
 
+def test_a_command_leaves_the_sessions_logging_and_warning_filters(screen, model_dir, tmp_path):
+    import logging
+    import warnings
+
+    names = ("scvi", "lightning.pytorch", "lightning.fabric", "lightning.fabric.utilities.seed")
+    filters, levels = list(warnings.filters), [logging.getLogger(n).level for n in names]
+    result = invoke(
+        "predict", model_dir, screen["dir"] / "screen.h5ad", "-p", screen["singles"][0],
+        "--normalize", "--n-steps", "2", "--no-progress", "-o", tmp_path / "pred.h5ad",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert list(warnings.filters) == filters
+    assert [logging.getLogger(n).level for n in names] == levels
+
+
 def test_raw_counts_without_normalize_suggest_the_flag(screen, model_dir, tmp_path):
     result = invoke(
         "predict", model_dir, screen["dir"] / "screen.h5ad", "-p", screen["pair"], "-o",
         tmp_path / "pred.h5ad",
     )  # fmt: skip
     assert result.exit_code == 1
-    assert "raw counts" in result.output and "--normalize" in result.output
+    lines = error_lines(result.output)
+    assert len(lines) == 1 and "screen.h5ad" in lines[0] and "raw counts" in lines[0]
+    assert "--normalize" in lines[0] and "--layer" in lines[0]
+    assert "layer=" not in result.output and "sc.pp" not in result.output  # Python advice
+
+
+def test_raw_counts_in_train_and_evaluate_give_the_command_lines_advice(screen, tmp_path):
+    result = invoke("train", screen["dir"] / "train.h5ad", "-o", tmp_path / "m")
+    assert result.exit_code == 1
+    assert "--normalize" in result.output and "layer=" not in result.output
+    result = invoke(
+        "evaluate", screen["dir"] / "screen.h5ad", screen["dir"] / "screen.h5ad", "-o",
+        tmp_path / "m.csv",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "--normalize" in result.output and "layer=" not in result.output
 
 
 def test_missing_column_is_named(screen, tmp_path):
@@ -192,6 +303,14 @@ def test_missing_option_is_a_usage_error():
     assert result.exit_code == 2
 
 
+@pytest.mark.parametrize("command", [None, "train", "predict", "evaluate", "demo"])
+def test_help_shows_no_type_beside_flags(command):
+    result = invoke(*([command] if command else []), "--help")
+    assert result.exit_code == 0
+    assert "<bool>" not in result.output, result.output
+    assert "--help" in result.output
+
+
 @pytest.mark.parametrize("command", ["train", "predict", "evaluate", "demo"])
 def test_help_has_examples(command):
     result = invoke(command, "--help")
@@ -202,7 +321,7 @@ def test_help_has_examples(command):
 def test_demo_fast_writes_its_files(tmp_path):
     result = invoke("demo", "--fast", "--no-progress", "-o", tmp_path / "demo")
     assert result.exit_code == 0, result.output
-    for name in ("pred.h5ad", "metrics.csv", "umap.png"):
+    for name in ("pred.h5ad", "metrics.csv", "pairs.png"):
         assert (tmp_path / "demo" / name).stat().st_size > 0, name
     metrics = pd.read_csv(tmp_path / "demo" / "metrics.csv")
     assert set(metrics["method"]) == {"Doloris", "Additive", "NoChange"}

@@ -279,3 +279,12 @@ def test_residual_expression_moves_expressed_genes_only():
     reference = torch.tensor([[2.0, 0.1, 0.3]])
     out = residual_expression(control, decoded, reference)
     torch.testing.assert_close(out, torch.tensor([[2.5, 0.4, 0.9]]))
+
+
+def test_a_pairs_cells_do_not_depend_on_the_other_perturbations_of_the_call(norman_model, norman):
+    ctrl = _controls(norman)
+    both = norman_model.predict(ctrl, ["KLF1", "MAP2K6+KLF1"], seed=0, progress_bar=False)
+    alone = norman_model.predict(ctrl, "KLF1+MAP2K6", seed=0, progress_bar=False)
+    pair = both[both.obs["perturbation"] == "KLF1+MAP2K6"]
+    np.testing.assert_array_equal(pair.X, alone.X)
+    assert list(pair.obs["control_cell"]) == list(alone.obs["control_cell"])

@@ -268,3 +268,153 @@ def test_a_model_saved_before_the_unseen_and_cell_type_priors_loads_with_them_of
     assert not loaded.module.unseen_detection_effect.any()  # off, as that version behaved
     with pytest.raises(ValueError, match="unseen_prior must be one of"):
         loaded.module.unseen_prior = "nonee"
+
+
+@pytest.mark.parametrize(
+    ("mask", "start"),
+    [("coupled", "latent"), ("coherent", "latent"), ("bernoulli", "noise")],
+)
+def test_a_conditions_cells_do_not_depend_on_the_other_conditions_of_the_call(mask, start):
+    adata = toy(n_per=30)
+    model = trained(adata)
+    ctrl = adata[adata.obs["perturbation"] == "ctrl"].copy()
+    settings = {"seed": 0, "n_steps": 3, "mask": mask, "start": start, "progress_bar": False}
+    settings["batch_size"] = 7  # several batches: the streams run across them
+    many = model.predict(ctrl, ["g1", "g2+g1", "g2"], **settings)
+    alone = model.predict(ctrl, "g1+g2", **settings)
+    np.testing.assert_array_equal(many[many.obs["perturbation"] == "g1+g2"].X, alone.X)
+    first = model.predict(ctrl, ["g2", "g1"], **settings)
+    np.testing.assert_array_equal(
+        first[first.obs["perturbation"] == "g1"].X, many[many.obs["perturbation"] == "g1"].X
+    )
+
+
+SIGTERM_SCRIPT = """
+import os, signal
+import scanpy as sc, scvi
+from lightning.pytorch.callbacks import Callback
+from scdoloris import DolorisModel
+from scdoloris.datasets import simulate
+
+class Terminate(Callback):  # the cluster scheduler stops the job during the second epoch
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+scvi.settings.seed = 0
+adata = simulate(n_cells=120, n_genes=40, seed=0)
+sc.pp.normalize_total(adata)
+sc.pp.log1p(adata)
+DolorisModel.setup_anndata(adata, perturbation_key="perturbation", control_group="ctrl")
+model = DolorisModel(adata, n_hidden=16, n_layers=1, n_cond=8, n_graph_hidden=8, n_mask_hidden=8)
+try:
+    model.train(max_epochs=50, enable_progress_bar=False, callbacks=[Terminate()])
+    print("the script went on after train()")
+except SystemExit as stop:
+    ctrl = adata[adata.obs["perturbation"] == "ctrl"]
+    pred = model.predict(ctrl, "ctrl", n_steps=2, progress_bar=False)
+    print("kept", len(model.history["train_loss"]), "epochs, trained:", model.is_trained,
+          "predicted:", pred.n_obs, flush=True)
+    raise
+"""
+
+
+def test_sigterm_keeps_the_epochs_and_exits_non_zero(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(SIGTERM_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 143, (proc.returncode, proc.stdout, proc.stderr[-2000:])
+    assert "went on after train()" not in proc.stdout
+    assert "kept 2 epochs, trained: True" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert "Training stopped by SIGTERM after 2 epoch(s)" in proc.stderr
+
+
+# ---------------------------------------------------------------- the saved file format
+# DolorisModule's keyword arguments in the current FILE_FORMAT. A save records module_kwargs_,
+# which an older scdoloris passes to its own DolorisModule: when this list changes, bump
+# FILE_FORMAT in src/scdoloris/model/_doloris.py (older versions then refuse the new files with
+# a clear message) and update the list here.
+MODULE_KWARGS = {
+    2: {
+        "cell_type_dropout", "cell_type_prior", "dropout", "mask_control_state", "mask_network",
+        "n_cell_types", "n_cond", "n_dose_levels", "n_edges", "n_gene_edges", "n_genes",
+        "n_graph_hidden", "n_hidden", "n_layers", "n_mask_hidden", "n_molecule_features",
+        "n_molecules", "n_node_features", "n_nodes", "n_timesteps", "n_vocab", "prior",
+        "share_trunk", "source_on_all_genes", "target_control_state", "target_on_controls",
+        "token_dropout", "unseen_prior", "use_control_state", "use_mask",
+    },
+}  # fmt: skip
+
+
+def test_file_format_is_bumped_when_the_module_kwargs_change():
+    import inspect
+
+    from scdoloris.model._doloris import FILE_FORMAT
+    from scdoloris.module import DolorisModule
+
+    now = set(inspect.signature(DolorisModule).parameters)
+    assert FILE_FORMAT in MODULE_KWARGS, f"list DolorisModule's arguments of format {FILE_FORMAT}"
+    assert now == MODULE_KWARGS[FILE_FORMAT], (
+        f"DolorisModule's arguments changed ({sorted(now ^ MODULE_KWARGS[FILE_FORMAT])}): bump "
+        "FILE_FORMAT and list the new ones in MODULE_KWARGS"
+    )
+
+
+def _saved(tmp_path, tiny_simulated_model):
+    """A saved tiny model and its model.pt, loaded for editing."""
+    import torch
+
+    _, model = tiny_simulated_model(n_cells=150, n_genes=40)
+    model.is_trained_ = True
+    model.save(str(tmp_path / "m"))
+    path = tmp_path / "m" / "model.pt"
+    return path, torch.load(path, weights_only=False)
+
+
+def test_a_save_of_a_newer_format_is_refused_with_the_fix(tmp_path, tiny_simulated_model):
+    import torch
+
+    from scdoloris.model._doloris import FILE_FORMAT
+
+    path, saved = _saved(tmp_path, tiny_simulated_model)
+    assert saved["attr_dict"]["file_format_"] == FILE_FORMAT
+    saved["attr_dict"]["file_format_"] = FILE_FORMAT + 1
+    saved["attr_dict"]["scdoloris_version_"] = "9.0.0"
+    torch.save(saved, path)
+    with pytest.raises(ValueError, match=r"newer scdoloris \(9.0.0\).*pip install -U scdoloris"):
+        DolorisModel.load(str(tmp_path / "m"))
+    saved["attr_dict"]["file_format_"] = 0  # not a format any version wrote
+    torch.save(saved, path)
+    with pytest.raises(ValueError, match=r"not hold a scdoloris model in a known file format"):
+        DolorisModel.load(str(tmp_path / "m"))
+
+
+def test_unknown_module_options_are_a_newer_save_not_a_type_error(tmp_path, tiny_simulated_model):
+    import torch
+
+    path, saved = _saved(tmp_path, tiny_simulated_model)
+    saved["attr_dict"]["module_kwargs_"]["n_future_heads"] = 4  # an option of a later version
+    saved["attr_dict"]["scdoloris_version_"] = "0.3.0"
+    torch.save(saved, path)
+    with pytest.raises(ValueError, match=r"newer scdoloris \(0.3.0\).*'n_future_heads'"):
+        DolorisModel.load(str(tmp_path / "m"))
+
+
+def test_a_format_1_save_loads_and_is_saved_again_in_the_current_format(
+    tmp_path, tiny_simulated_model
+):
+    import torch
+
+    from scdoloris.model._doloris import FILE_FORMAT
+
+    path, saved = _saved(tmp_path, tiny_simulated_model)
+    saved["attr_dict"]["file_format_"] = 1
+    del saved["attr_dict"]["module_kwargs_"]["cell_type_dropout"]  # as format 1 wrote it
+    torch.save(saved, path)
+    loaded = DolorisModel.load(str(tmp_path / "m"))
+    assert loaded.module.cell_type_dropout == 0.0
+    loaded.save(str(tmp_path / "again"))
+    again = torch.load(tmp_path / "again" / "model.pt", weights_only=False)
+    assert again["attr_dict"]["file_format_"] == FILE_FORMAT

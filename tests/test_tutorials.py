@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -83,11 +85,60 @@ def test_outputs_are_stored_and_clean(name):
 def test_one_thread_and_run_time(name):
     cells = _code_cells(_read(name))
     first = _source(cells[0])
-    assert "torch.set_num_threads(1)" in first and "OMP_NUM_THREADS" in first
+    assert first.startswith("from tutorial_setup import") and "T0 = setup()" in first
     printed = "".join(_text(o) for o in cells[-1]["outputs"] if o["output_type"] == "stream")
     match = re.search(r"ran in ([\d.]+) min", printed)
     assert match, f"{name}: the last cell should print the run time, got {printed!r}"
     assert float(match.group(1)) <= MAX_MINUTES, f"{name} ran in {match.group(1)} min"
+
+
+SETUP_CODE = ("class StopExecution", "warnings.filterwarnings", "set_num_threads", "os.environ")
+
+
+@pytest.mark.parametrize("name", sorted(PROTOCOL_OF))
+def test_the_first_screen_is_the_science(name):
+    """The set-up lives in tutorials/tutorial_setup.py, not at the top of the notebook."""
+    cells = _code_cells(_read(name))
+    for cell in cells:
+        source = _source(cell)
+        assert not [s for s in SETUP_CODE if s in source], f"{name}: set-up code in a cell"
+    assert len(_source(cells[0]).splitlines()) <= 20
+    assert "find_data(" in _source(cells[1])
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    """Run Python code in tutorials/ (where Jupyter starts the notebooks), thread limits unset."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=TUTORIALS, env=env, capture_output=True, text=True
+    )
+
+
+def test_setup_limits_the_threads_before_torch_starts():
+    proc = _run(
+        "from tutorial_setup import setup\n"
+        "setup()\n"
+        "import os, torch\n"
+        "print(os.environ['OMP_NUM_THREADS'], os.environ['MKL_NUM_THREADS'], "
+        "torch.get_num_threads())"
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("scdoloris ") and "scvi-tools" in lines[0]  # the versions
+    assert lines[-1] == "1 1 1"
+
+
+def test_find_data_without_the_file_says_how_to_get_it_and_stops():
+    proc = _run(
+        "from tutorial_setup import StopExecution, find_data\n"
+        "try:\n"
+        "    find_data('missing.h5ad', 'Download it from somewhere.')\n"
+        "except StopExecution as stop:\n"
+        "    print('stopped', stop._render_traceback_())\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "missing.h5ad was not found in ../../shared/data or ../shared/data." in proc.stdout
+    assert "Download it from somewhere." in proc.stdout and "stopped []" in proc.stdout
 
 
 @pytest.mark.parametrize("name", sorted(PROTOCOL_OF))

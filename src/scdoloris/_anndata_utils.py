@@ -17,6 +17,19 @@ from scipy import sparse
 RAW_COUNT_MAX = 30.0
 
 
+class RawCountsError(ValueError):
+    """Expression that looks like raw counts where log-normalised values are expected.
+
+    ``where`` names the matrix (``"adata.X"``, ``"layer 'counts'"``, ...) and ``max_value`` its
+    largest value, so that a caller (the command line) can word its own advice.
+    """
+
+    def __init__(self, message: str, where: str, max_value: float):
+        super().__init__(message)
+        self.where = where
+        self.max_value = max_value
+
+
 def get_matrix(adata: ad.AnnData, layer: str | None = None):
     """Return ``adata.X`` or ``adata.layers[layer]`` (dense or sparse, not copied)."""
     if layer is None:
@@ -73,11 +86,13 @@ def check_log_normalised(X, where: str = "adata.X") -> None:
         )
     vmax = float(values.max())
     if vmax > RAW_COUNT_MAX and np.all(np.mod(values, 1) == 0):
-        raise ValueError(
+        raise RawCountsError(
             f"{where} looks like raw counts (integers up to {vmax:.0f}). Doloris expects "
             "log-normalised expression: run `sc.pp.normalize_total(adata)` and "
             "`sc.pp.log1p(adata)` first (keep the counts in a layer if you need them), or pass "
-            "`layer=` naming a log-normalised layer."
+            "`layer=` naming a log-normalised layer.",
+            where=where,
+            max_value=vmax,
         )
 
 

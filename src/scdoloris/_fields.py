@@ -88,6 +88,18 @@ class PerturbationTokenField(ObsmField):
         adata.obsm[TOKENS_OBSM_KEY] = token_matrix(tokens, vocabulary, width)
         return vocabulary
 
+    def _setup_column_names(self, adata: AnnData) -> np.ndarray:
+        """Column names of the token matrix: its positions (scvi-tools would log that it
+        generates them)."""
+        return np.arange(self.get_field_data(adata).shape[1])
+
+    def get_summary_stats(self, state_registry: dict) -> dict:
+        """The number of distinct tokens and the most tokens one cell combines."""
+        return {
+            "n_perturbation_tokens": len(state_registry[self.VOCAB_KEY]),
+            "max_tokens_per_cell": len(state_registry[self.COLUMN_NAMES_KEY]),
+        }
+
     def register_field(self, adata: AnnData) -> dict:
         vocabulary = self._write(adata, [])
         state = super().register_field(adata)

@@ -8,7 +8,6 @@ printed as one red ``Error: ...`` line with exit code 1, without a traceback; us
 
 from __future__ import annotations
 
-import logging
 import time
 import warnings
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
 
@@ -34,8 +34,29 @@ __all__ = ["app"]
 console = Console()
 err_console = Console(stderr=True)
 
+
+class _FlagsWithoutType:
+    """Help without a type beside on/off flags: typer shows ``<bool>`` for every option."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class _Command(_FlagsWithoutType, TyperCommand):
+    pass
+
+
+class _Group(_FlagsWithoutType, TyperGroup):
+    pass
+
+
 app = typer.Typer(
     name="scdoloris",
+    cls=_Group,
     help=(
         "Predict single-cell perturbation responses with Doloris (dual conditional diffusion "
         "implicit bridges).\n\n"
@@ -95,31 +116,46 @@ def _info(message: str) -> None:
 
 
 @contextmanager
-def _user_errors(hint: str | None = None) -> Iterator[None]:
-    """Turn the library's errors about the user's input into ``Error: ...`` and exit code 1."""
+def _user_errors(inputs: dict[str, str] | None = None) -> Iterator[None]:
+    """Turn the library's errors about the user's input into ``Error: ...`` and exit code 1,
+    with the libraries' start-up chatter silenced.
+
+    ``inputs`` names the files behind the library's matrices (``"adata.X"``, ``"real"``, ...)
+    for the raw-counts error, which then gives the command line's advice.
+    """
+    from ._anndata_utils import RawCountsError
+
     try:
-        yield
+        with _quiet_libraries():
+            yield
+    except RawCountsError as error:
+        where = (inputs or {}).get(error.where, error.where)
+        _fail(
+            f"{where} looks like raw counts (integers up to {error.max_value:.0f}). Pass "
+            "--normalize to log-normalise a copy first, or --layer NAME to read a "
+            "log-normalised layer."
+        )
     except (CLIError, *USER_ERRORS) as error:
-        message = _message(error)
-        if hint and "raw counts" in message:
-            message = f"{message} {hint}"
-        _fail(message)
+        _fail(_message(error))
 
 
-def _quiet_libraries() -> None:
-    """Silence start-up chatter of Lightning and scvi-tools (progress bars stay)."""
-    for name in (
-        "lightning.pytorch.utilities.rank_zero",
-        "lightning.fabric.utilities.rank_zero",
-        "lightning.fabric.utilities.seed",
-        "lightning.pytorch.accelerators.cuda",
-        "scvi",
-    ):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
+@contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Silence the start-up chatter of Lightning and scvi-tools during a command (progress bars
+    stay); the logging levels and warning filters are restored afterwards."""
+    from ._logging import quiet
+
+    with quiet(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
+        yield
+
+
+def _where(path: Path, layer: str | None) -> str:
+    """How an error names the expression of a file (and layer)."""
+    return f"{str(path)!r}" if layer is None else f"Layer {layer!r} of {str(path)!r}"
 
 
 def _check_file(path: Path, what: str) -> None:
@@ -207,12 +243,13 @@ SEED = typer.Option("--seed", help="Random seed (scvi.settings.seed and the pred
 
 # ---------------------------------------------------------------------------- train
 @app.command(
+    cls=_Command,
     epilog=(
         "[bold]Examples[/bold]\n\n"
         "scdoloris train screen.h5ad -k perturbation --control ctrl -o model/\n\n"
         "scdoloris train counts.h5ad -k guide --control non-targeting --cell-type-key cell_line "
         "--normalize --max-epochs 200 --seed 1 -o model/"
-    )
+    ),
 )
 def train(
     data: Annotated[
@@ -258,15 +295,16 @@ def train(
     progress: Annotated[bool, PROGRESS] = True,
 ) -> None:
     """Train a Doloris model on control and perturbed cells and save it to a directory."""
-    with _user_errors(hint="Pass --normalize to log-normalise a copy first."):
+    where = _where(data, layer)
+    with _user_errors({"adata.X": where, f"layer {layer!r}": where}):
         if output.exists() and not overwrite:
             raise CLIError(
                 f"{str(output)!r} already exists. Pass --overwrite to replace it, or choose "
                 "another directory."
             )
         adata = _read_h5ad(data, "Data file")
-        _quiet_libraries()
         from .model import DolorisModel
+        from .model._doloris import EXIT_SIGTERM
 
         if normalize:
             _normalize(adata, layer, "the data")
@@ -281,11 +319,23 @@ def train(
         model = DolorisModel(adata, preset=preset.value)
         _info(model._model_summary_string)
         start = time.perf_counter()
-        model.train(max_epochs=max_epochs, batch_size=batch_size, enable_progress_bar=progress)
+        with warnings.catch_warnings():  # the library's advice on SIGTERM is for Python code
+            warnings.filterwarnings("ignore", message="Training stopped by SIGTERM")
+            try:
+                model.train(
+                    max_epochs=max_epochs, batch_size=batch_size, enable_progress_bar=progress
+                )
+            except SystemExit as stop:
+                if stop.code != EXIT_SIGTERM:
+                    raise
+                n_done = len((model.history or {}).get("train_loss", []))
+                _fail(
+                    f"Training stopped by SIGTERM after {n_done} epoch(s); no model was written.",
+                    code=EXIT_SIGTERM,
+                )
         elapsed = time.perf_counter() - start
         model.save(str(output), overwrite=overwrite)
-    history = model.history
-    loss = history.get("train_loss_epoch", history.get("train_loss"))
+    loss = (model.history or {}).get("train_loss")
     final = f", final loss {float(loss.iloc[-1, 0]):.4f}" if loss is not None else ""
     _info(
         f"Trained on {adata.n_obs} cells x {adata.n_vars} genes in {elapsed:.0f} s{final}. "
@@ -295,13 +345,14 @@ def train(
 
 # ---------------------------------------------------------------------------- predict
 @app.command(
+    cls=_Command,
     epilog=(
         "[bold]Examples[/bold]\n\n"
         "scdoloris predict model/ controls.h5ad -p KLF1+MAP2K6 -p KLF1+TGFBR2 -o pred.h5ad\n\n"
         "scdoloris predict model/ screen.h5ad -p KLF1 --cell-type K562 --seed 3 -o pred.h5ad\n\n"
         "If CONTROLS has the model's perturbation column, only its control cells are used, so "
         "the whole screen can be passed."
-    )
+    ),
 )
 def predict(
     model_dir: Annotated[
@@ -342,7 +393,7 @@ def predict(
     progress: Annotated[bool, PROGRESS] = True,
 ) -> None:
     """Predict perturbed cells from control cells: one predicted cell per control cell."""
-    with _user_errors(hint="Pass --normalize to log-normalise a copy first."):
+    with _user_errors({"the input expression": _where(controls, layer)}):
         if not model_dir.is_dir():
             raise CLIError(f"Model directory {str(model_dir)!r} does not exist.")
         if not (model_dir / "model.pt").is_file():
@@ -351,7 +402,6 @@ def predict(
                 "written by `scdoloris train`."
             )
         adata = _read_h5ad(controls, "Controls file")
-        _quiet_libraries()
         from .model import DolorisModel
 
         try:
@@ -396,16 +446,36 @@ def predict(
 
 
 # ---------------------------------------------------------------------------- evaluate
+METRIC_NAMES = {
+    "e_distance": "E-distance",
+    "emd": "EMD",
+    "rmse": "RMSE",
+    "pearson_delta": "Pearson Δ",
+}
+HIGHER_IS_BETTER = {"pearson_delta"}  # the others are distances and errors: lower is better
+
+
 def _metrics_table(table: pd.DataFrame, gene_set: str, title: str) -> Table:
     rows = table[table["gene_set"] == gene_set]
     wide = rows.pivot_table(index="condition", columns="metric", values="value", sort=False)
     counts = rows.drop_duplicates("condition").set_index("condition")[["n_pred", "n_real"]]
-    metrics = [m for m in ("e_distance", "emd", "rmse", "pearson_delta") if m in wide.columns]
-    names = {"e_distance": "E-distance", "emd": "EMD", "rmse": "RMSE", "pearson_delta": "Pearson Δ"}
-    out = Table(title=title, title_justify="left")
+    metrics = [m for m in METRIC_NAMES if m in wide.columns]
+    lower = [METRIC_NAMES[m] for m in metrics if m not in HIGHER_IS_BETTER]
+    higher = [METRIC_NAMES[m] for m in metrics if m in HIGHER_IS_BETTER]
+    caption = "; ".join(
+        text
+        for text in (
+            f"↓ lower is better: {', '.join(lower)}" if lower else "",
+            f"↑ higher is better: {', '.join(higher)}" if higher else "",
+        )
+        if text
+    )
+    out = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     out.add_column("condition", style="bold")
     for m in metrics:
-        out.add_column(names[m], justify="right")
+        out.add_column(
+            f"{METRIC_NAMES[m]} {'↑' if m in HIGHER_IS_BETTER else '↓'}", justify="right"
+        )
     out.add_column("cells (pred / real)", justify="right")
     for cond, row in wide.iterrows():
         n = counts.loc[cond]
@@ -420,15 +490,76 @@ def _metrics_table(table: pd.DataFrame, gene_set: str, title: str) -> Table:
     return out
 
 
+def _controls(
+    pred: ad.AnnData,
+    real: ad.AnnData,
+    real_path: Path,
+    controls: ad.AnnData | None,
+    controls_path: Path | None,
+    key: str,
+    label: str,
+) -> tuple[ad.AnnData, str]:
+    """The control cells the changes are measured from, and a line saying which they are.
+
+    From ``--controls-file``: the cells the predictions started from (``obs["control_cell"]``)
+    when it has them all, else its cells labelled ``label``, else all its cells. Without it:
+    the cells of REAL labelled ``label``.
+    """
+    import pandas as pd
+
+    if controls is not None:
+        where = f"{str(controls_path)!r}"
+        if "control_cell" in pred.obs:
+            names = pd.unique(pred.obs["control_cell"].astype(str).to_numpy())
+            if len(names) and pd.Index(names).isin(controls.obs_names).all():
+                return controls[names].copy(), (
+                    f"Controls: the {len(names)} cells of {where} the predictions started from "
+                    "(their obs['control_cell'])."
+                )
+        if key in controls.obs:
+            is_control = (controls.obs[key].astype(str) == label).to_numpy()
+            if not is_control.any():
+                values = sorted(controls.obs[key].astype(str).unique())
+                raise CLIError(
+                    f"{where} has neither the cells the predictions started from nor control "
+                    f"cells ({key} == {label!r}; values: {values[:10]}). Pass --control LABEL."
+                )
+            return controls[is_control].copy(), (
+                f"Controls: the {int(is_control.sum())} cells of {where} labelled {label!r}."
+            )
+        return controls, f"Controls: all {controls.n_obs} cells of {where}."
+    where = f"{str(real_path)!r}"
+    file_hint = (
+        "Pass --controls-file FILE: the controls given to `predict`, or the training file (the "
+        "cells the predictions started from, their obs['control_cell'], are looked up in it)"
+    )
+    if key not in real.obs:
+        raise CLIError(
+            f"{where} has no obs column {key!r} to find control cells in (columns: "
+            f"{list(real.obs.columns)}). {file_hint}, or --perturbation-key."
+        )
+    is_control = (real.obs[key].astype(str) == label).to_numpy()
+    if not is_control.any():
+        values = sorted(real.obs[key].astype(str).unique())
+        raise CLIError(
+            f"{where} has no control cells ({key} == {label!r}; values: {values[:10]}). "
+            f"{file_hint}, or --control LABEL."
+        )
+    return real[is_control].copy(), (
+        f"Controls: the {int(is_control.sum())} cells of {where} labelled {label!r}."
+    )
+
+
 @app.command(
+    cls=_Command,
     epilog=(
         "[bold]Examples[/bold]\n\n"
         "scdoloris evaluate pred.h5ad screen.h5ad -o metrics.csv   (controls: cells of "
         "screen.h5ad labelled ctrl)\n\n"
-        "scdoloris evaluate pred.h5ad held_out.h5ad --control controls.h5ad -o metrics.csv\n\n"
-        "scdoloris evaluate pred.h5ad screen.h5ad -k guide --control-group non-targeting "
-        "--de-top 20 --de-top 50 -o metrics.csv"
-    )
+        "scdoloris evaluate pred.h5ad real.h5ad --controls-file controls.h5ad -o metrics.csv\n\n"
+        "scdoloris evaluate pred.h5ad real.h5ad --controls-file train.h5ad -k guide "
+        "--control non-targeting --de-top 20 --de-top 50 -o metrics.csv"
+    ),
 )
 def evaluate(
     pred: Annotated[
@@ -439,16 +570,21 @@ def evaluate(
         Path,
         typer.Option("--output", "-o", help="Metrics table (.csv) to write.", show_default=False),
     ],
-    control: Annotated[
+    controls_file: Annotated[
         Path | None,
         typer.Option(
-            "--control",
-            help="Control cells (.h5ad); default: the control cells of REAL.",
+            "--controls-file",
+            help=(
+                "Control cells (.h5ad) the changes are measured from: the cells the predictions "
+                "started from (their obs['control_cell']) if the file has them all, e.g. the "
+                "controls given to `predict` or the training file; else its cells labelled "
+                "--control; else all its cells. Default: the control cells of REAL."
+            ),
             show_default=False,
         ),
     ] = None,
-    control_group: Annotated[
-        str, typer.Option("--control-group", help="Label of control cells.")
+    control: Annotated[
+        str, typer.Option("--control", "-c", help="Label of control cells.")
     ] = "ctrl",
     perturbation_key: Annotated[
         str,
@@ -470,33 +606,22 @@ def evaluate(
         ),
     ] = False,
 ) -> None:
-    """Score predictions against real cells (E-distance, EMD, RMSE, Pearson delta)."""
-    with _user_errors(hint="Pass --normalize to log-normalise a copy first."):
+    """Score predictions against real cells (E-distance, EMD, RMSE: lower is better; Pearson
+    delta: higher is better)."""
+    inputs = {"real": _where(real, layer), "control": _where(controls_file or real, layer)}
+    with _user_errors(inputs):
         p = _read_h5ad(pred, "Predictions file")
         r = _read_h5ad(real, "Real-cells file")
-        c = _read_h5ad(control, "Controls file") if control is not None else None
+        c = _read_h5ad(controls_file, "Controls file") if controls_file is not None else None
         from .metrics import evaluate as evaluate_
 
+        if "predicted" in p.obs and p.obs["predicted"].dtype == bool:
+            p = p[p.obs["predicted"].to_numpy()].copy()  # predict(include_controls=True)
         if normalize:
             _normalize(r, layer, "the real cells")
             if c is not None:
                 _normalize(c, layer, "the controls")
-        if c is None:
-            if perturbation_key not in r.obs:
-                raise CLIError(
-                    f"{str(real)!r} has no obs column {perturbation_key!r} to find control "
-                    f"cells in (columns: {list(r.obs.columns)}). Pass --perturbation-key or "
-                    "--control FILE."
-                )
-            is_control = (r.obs[perturbation_key].astype(str) == control_group).to_numpy()
-            if not is_control.any():
-                values = sorted(r.obs[perturbation_key].astype(str).unique())
-                raise CLIError(
-                    f"{str(real)!r} has no control cells ({perturbation_key} == "
-                    f"{control_group!r}; values: {values[:10]}). Pass --control-group LABEL or "
-                    "--control FILE."
-                )
-            c = r[is_control].copy()
+        c, which = _controls(p, r, real, c, controls_file, perturbation_key, control)
         pred_key = perturbation_key if perturbation_key in p.obs else "perturbation"
         table = evaluate_(
             p,
@@ -506,24 +631,26 @@ def evaluate(
             groupby=perturbation_key,
             layer=layer,
             pred_groupby=pred_key,
-            control_group=control_group,
+            control_group=control,
         )
         _write_csv(table, output)
+    _info(which)
     console.print(_metrics_table(table, "all", "Predicted vs real cells (all genes)"))
     _info(f"{table['condition'].nunique()} condition(s) scored. Wrote {output}")
 
 
 # ---------------------------------------------------------------------------- demo
 @app.command(
+    cls=_Command,
     epilog=(
         "[bold]Examples[/bold]\n\n"
-        "scdoloris demo                     (about 3000 cells x 400 genes; a few minutes)\n\n"
+        "scdoloris demo                     (about 3000 cells x 400 genes; prints its run time)\n\n"
         "scdoloris demo --fast -o /tmp/demo (tiny data, a few epochs; seconds)"
-    )
+    ),
 )
 def demo(
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Folder for pred.h5ad, metrics.csv, umap.png.")
+        Path, typer.Option("--output", "-o", help="Folder for pred.h5ad, metrics.csv, pairs.png.")
     ] = Path("demo_output"),
     fast: Annotated[
         bool, typer.Option("--fast", help="Tiny data and a few epochs (seconds), e.g. for CI.")
@@ -537,13 +664,12 @@ def demo(
     """Simulate a screen, hold out gene pairs, train Doloris and compare it to baselines.
 
     Writes the predictions of the held-out pairs (pred.h5ad), the metrics of Doloris and of the
-    Additive and NoChange baselines (metrics.csv) and a UMAP of control, real and predicted
-    cells (umap.png).
+    Additive and NoChange baselines (metrics.csv) and a figure of each pair's control, real and
+    predicted cells with the metrics (pairs.png).
     """
     with _user_errors():
         if output.exists() and not output.is_dir():
             raise CLIError(f"{str(output)!r} is a file; give a folder for the demo's outputs.")
-        _quiet_libraries()
         from .demo import run_demo
 
         start = time.perf_counter()

@@ -64,7 +64,8 @@ def predict_table(
     for row, ct in enumerate(cell_types):
         groups.setdefault(None if ct is None else str(ct), []).append(row)
 
-    skip = {"self", "adata_ctrl", "perturbation", "cell_type", "dose"}
+    skip = {"self", "adata_ctrl", "perturbation", "cell_type", "dose", "include_controls"}
+    include_controls = bool(settings.get("include_controls", False))
     settings = {k: v for k, v in settings.items() if k not in skip}
     blocks: dict[int, ad.AnnData] = {}
     uns: dict = {}
@@ -96,4 +97,23 @@ def predict_table(
         "cell_type": ["" if ct is None else str(ct) for ct in cell_types],
     }
     out.uns["scdoloris"] = uns
+    if include_controls:
+        out = _append_controls(model, out, adata_ctrl, groups, settings.get("layer", "setup"))
     return out
+
+
+def _append_controls(model, pred: ad.AnnData, adata_ctrl, groups: dict, layer) -> ad.AnnData:
+    """The input cells after the predicted blocks, labelled with their cell type: the table's
+    one cell type, else the input's cell-type column."""
+    adata = model._expression_input(adata_ctrl)
+    X = model._read_controls(adata, layer)
+    cell_type = next(iter(groups)) if len(groups) == 1 else None
+    key = model.setup_args.get("cell_type_key")
+    if cell_type is None and len(groups) > 1 and (key is None or key not in adata.obs):
+        raise ValueError(
+            "include_controls with a table of several cell types labels the input cells by the "
+            f"input's cell-type column {key!r}, which it lacks; predict each cell type "
+            "separately instead."
+        )
+    _, names = model._cell_type_codes(adata, cell_type)
+    return model._with_controls(pred, X, np.asarray(adata.obs_names, dtype=object), names)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import logging
 import math
 import signal
@@ -13,9 +15,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from scipy import sparse
 from scvi.data import AnnDataManager
-from scvi.data._constants import _MODEL_NAME_KEY, _SETUP_ARGS_KEY
+from scvi.data._constants import _MODEL_NAME_KEY, _SCVI_VERSION_KEY, _SETUP_ARGS_KEY
 from scvi.data.fields import CategoricalObsField, LayerField, NumericalObsField
 from scvi.model._utils import parse_device_args
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
@@ -32,7 +35,8 @@ from .._anndata_utils import (
 )
 from .._constants import DEFAULT_CELL_TYPE, PAD, REGISTRY_KEYS, UNKNOWN
 from .._fields import PerturbationTokenField, tokenize_column
-from .._perturbation import format_tokens
+from .._logging import quiet
+from .._perturbation import format_tokens, parse_perturbation
 from .._threads import predict_threads, resolve_num_threads, torch_threads
 from ..module import DolorisModule
 from ..module._doloris import CELL_TYPE_DROPOUT
@@ -55,7 +59,13 @@ from ._statistics import (
 
 logger = logging.getLogger(__name__)
 
-FILE_FORMAT = 1
+# The version of the saved files. Bump it whenever a save holds something an older scdoloris
+# cannot read (e.g. a new key of module_kwargs_, a keyword argument of DolorisModule): older
+# versions then refuse the file with a clear message instead of failing inside. load() reads
+# every format up to this one. 1: the first; 2: module_kwargs_ records cell_type_dropout
+# (an unknown keyword argument of a format-1 reader's DolorisModule).
+FILE_FORMAT = 2
+EXIT_SIGTERM = 128 + signal.SIGTERM  # the shell's status of a process stopped by SIGTERM
 MASK_MODES = ("coherent", "coupled", "bernoulli", "none")
 DEFAULT_TRAIN_STEPS = 2000
 COMMON_CONTROL_LABELS = ("ctrl", "control", "non-targeting", "NT", "unperturbed", "DMSO")
@@ -300,18 +310,19 @@ class DolorisModel(
                 torch.from_numpy(effects.token_expressed_effect[n_vocab:]),
                 torch.from_numpy(effects.token_detection_effect[n_vocab:]),
             )
-        n_featured = int((np.abs(stats.node_features).sum(1) > 0).sum())
-        n_mol = int(is_molecule.sum())
-        self._model_summary_string = (
-            f"DolorisModel: {len(genes)} genes, {len(cell_types)} cell type(s), "
-            f"{len(vocabulary)} perturbation tokens"
-            + (
-                f" ({n_mol} molecules{' with doses' if levels is not None else ''})"
-                if n_mol
-                else ""
-            )
-            + f", gene graph of {len(stats.node_names)} nodes "
-            f"({n_featured} with features) and {stats.edge_index.shape[1]} edges; "
+        self._model_summary_string = self._summary()
+
+    def _summary(self) -> str:
+        """The model's summary (``print(model)``), from its saved state: the same after load."""
+        featured = self.module.condition.perturbation.node_has_features
+        n_mol = int(self._vocab_is_molecule().sum())
+        preset = self.init_params_["non_kwargs"].get("preset", "default")
+        return (
+            f"DolorisModel: {len(self.adata_var_names)} genes, {len(self.cell_types_)} cell "
+            f"type(s), {len(self.vocabulary_)} perturbation tokens"
+            + (f" ({n_mol} molecules{' with doses' if self.has_doses else ''})" if n_mol else "")
+            + f", gene graph of {len(self.node_names_)} nodes "
+            f"({int(featured.sum())} with features) and {self.module_kwargs_['n_edges']} edges; "
             f"preset={preset!r}, {sum(p.numel() for p in self.module.parameters()):,} parameters."
         )
 
@@ -433,6 +444,51 @@ class DolorisModel(
         """The arguments given to :meth:`setup_anndata`."""
         return dict(self.registry_[_SETUP_ARGS_KEY])
 
+    def view_anndata_setup(
+        self, adata: ad.AnnData | None = None, hide_state_registries: bool = False
+    ) -> None:
+        """Print how the data were registered: the setup arguments, summary and data registry.
+
+        On a model loaded without data it prints the registration saved with the model.
+
+        Parameters
+        ----------
+        adata
+            An AnnData set up for this model; default: the model's training data.
+        hide_state_registries
+            Leave out the details of each field (the vocabulary, the cell types, ...).
+
+        Examples
+        --------
+        >>> model.view_anndata_setup()  # doctest: +SKIP
+        >>> DolorisModel.load("doloris_model/").view_anndata_setup()  # doctest: +SKIP
+        """
+        import rich
+        import rich.console
+        import rich.pretty  # noqa: F401  scvi-tools calls rich.pretty, which rich>=14 no longer imports
+
+        if adata is not None or self.adata is not None:
+            return super().view_anndata_setup(adata, hide_state_registries)
+        registry = self.registry_
+        rich.print(
+            f"Anndata setup with scvi-tools version {registry[_SCVI_VERSION_KEY]}, saved with the "
+            "model (no data attached: load with adata= to see the fields' details)."
+        )
+        rich.print()
+        AnnDataManager.view_setup_method_args(registry)
+        console = rich.console.Console()
+        console.print(
+            AnnDataManager._view_summary_stats(
+                AnnDataManager._get_summary_stats_from_registry(registry)
+            )
+        )
+        console.print(
+            AnnDataManager._view_data_registry(
+                AnnDataManager._get_data_registry_from_registry(registry)
+            )
+        )
+        return None
+
     # ------------------------------------------------------------------ training
     def train(
         self,
@@ -452,6 +508,7 @@ class DolorisModel(
         plan_kwargs: dict | None = None,
         calibrate: bool = True,
         num_threads: int | None = None,
+        verbose: bool = False,
         **trainer_kwargs,
     ):
         """Train the source, target and mask networks with Lightning (GPU when present).
@@ -488,7 +545,8 @@ class DolorisModel(
         accelerator, devices
             Lightning settings; ``"auto"`` uses a GPU when there is one.
         early_stopping
-            Stop when the validation loss stops improving (needs ``train_size < 1``).
+            Stop when the validation loss (``validation_loss``) stops improving (needs
+            ``train_size < 1``).
         plan_kwargs
             More keyword arguments of :class:`~scdoloris.train.DolorisTrainingPlan`.
         calibrate
@@ -500,13 +558,18 @@ class DolorisModel(
             None: ``scvi.settings.num_threads`` if set, else the model's default on a CPU (one
             thread for the default preset up to 2000 genes, see :doc:`/guide/training`) and no
             change on a GPU.
+        verbose
+            Show the messages of scvi-tools and Lightning (device banner, tips, their own
+            deprecation warnings), hidden by default; ``scvi.settings.verbosity =
+            logging.DEBUG`` shows them too. Warnings about your data are always shown.
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar=False``).
 
         Examples
         --------
         >>> model.train(max_epochs=50)  # doctest: +SKIP
-        >>> model.history["train_loss_epoch"].tail()  # doctest: +SKIP
+        >>> model.history["train_loss"].tail()  # doctest: +SKIP
+        >>> model.history["mask_loss_train"].tail()  # doctest: +SKIP
         """
         if self.adata is None:
             raise ValueError(
@@ -530,6 +593,8 @@ class DolorisModel(
         n_batches = max(1, math.ceil(n_train / batch_size))
         trainer_kwargs.setdefault("log_every_n_steps", min(50, n_batches))
         trainer_kwargs.setdefault("check_val_every_n_epoch", 10 if train_size < 1 else None)
+        # scvi-tools monitors its ELBO, which this model does not log (see DolorisTrainingPlan)
+        trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         if train_size >= 1:
             trainer_kwargs.pop("check_val_every_n_epoch")
         threads = self._thread_count(num_threads, _trains_on_cpu(accelerator), "train")
@@ -548,43 +613,69 @@ class DolorisModel(
                         "devices": devices,
                         "plan_kwargs": plan_kwargs,
                         "num_threads": num_threads,
+                        "verbose": verbose,
                         **{
                             k: v
                             for k, v in trainer_kwargs.items()
-                            if k not in ("log_every_n_steps", "check_val_every_n_epoch")
+                            if k
+                            not in (
+                                "log_every_n_steps",
+                                "check_val_every_n_epoch",
+                                "early_stopping_monitor",
+                            )
                         },
                     }
                 )
-            self._fill_control_bank()
-            self.module.train()
-            try:
-                return super().train(
-                    max_epochs=max_epochs,
-                    batch_size=batch_size,
-                    train_size=train_size,
-                    validation_size=validation_size,
-                    accelerator=accelerator,
-                    devices=devices,
-                    early_stopping=early_stopping,
-                    plan_kwargs=plan,
-                    **trainer_kwargs,
-                )
-            except SystemExit as err:
-                # Lightning turns Ctrl+C into sys.exit(1) after a graceful shutdown; keep the
-                # epochs done so far (scvi-tools already saved the history) instead of exiting
-                if not isinstance(err.__context__, KeyboardInterrupt):
-                    raise
+            return self._fit(
+                verbose,
+                max_epochs=max_epochs,
+                batch_size=batch_size,
+                train_size=train_size,
+                validation_size=validation_size,
+                accelerator=accelerator,
+                devices=devices,
+                early_stopping=early_stopping,
+                plan_kwargs=plan,
+                **trainer_kwargs,
+            )
+
+    def _fit(self, verbose: bool, **kwargs):
+        """scvi-tools' training loop, keeping the epochs done on Ctrl+C and SIGTERM."""
+        self._fill_control_bank()
+        self.module.train()
+        try:
+            with quiet(verbose):
+                return super().train(**kwargs)
+        except SystemExit as err:
+            # Lightning turns Ctrl+C into sys.exit(1) after a graceful shutdown, and SIGTERM (a
+            # cluster scheduler's stop) into SIGTERMException, a SystemExit with status 0. Both
+            # keep the epochs done so far (scvi-tools already saved the history); Ctrl+C then
+            # returns, SIGTERM exits with status 143 (128 + SIGTERM), never 0
+            sigterm = isinstance(err, SIGTERMException)
+            if not sigterm and not isinstance(err.__context__, KeyboardInterrupt):
+                raise
+            if not sigterm:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
-                self.is_trained_ = True
-                n_done = len(self.history["train_loss"]) if self.history else 0
+            history = self.history or {}
+            n_done = len(history["train_loss"]) if "train_loss" in history else 0
+            self.is_trained_ = self.is_trained_ or n_done > 0
+            if sigterm:
                 warnings.warn(
-                    f"Training interrupted after {n_done} epoch(s); the model keeps them.",
+                    f"Training stopped by SIGTERM after {n_done} epoch(s); the model keeps them. "
+                    f"Exiting with status {EXIT_SIGTERM} (to save the model, catch SystemExit "
+                    "around train() and call model.save).",
                     UserWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
-                return None
-            finally:
-                self.module.eval()
+                raise SystemExit(EXIT_SIGTERM) from err
+            warnings.warn(
+                f"Training interrupted after {n_done} epoch(s); the model keeps them.",
+                UserWarning,
+                stacklevel=3,
+            )
+            return None
+        finally:
+            self.module.eval()
 
     def _thread_count(
         self, num_threads: int | None, on_cpu: bool, phase: Literal["train", "predict"]
@@ -929,6 +1020,74 @@ class DolorisModel(
     # ------------------------------------------------------------------ prediction
     @predict_threads
     @torch.inference_mode()
+    def get_latent_representation(
+        self,
+        adata: ad.AnnData | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
+        cell_type: str | None = None,
+        n_steps: int = 50,
+        batch_size: int = 1024,
+        layer: str | None | Literal["setup"] = "setup",
+        seed: int | None = 0,
+    ) -> np.ndarray:
+        """Encode cells into the shared Gaussian latent (deterministic DDIM, backwards).
+
+        scvi-tools' name for :meth:`get_latent`: the same latents, one row per cell of
+        ``adata`` (or of ``adata[indices]``). The source model encodes **control** cells: their
+        latents are about standard normal; other cells are encoded as if they were controls.
+
+        Parameters
+        ----------
+        adata
+            Cells to encode; genes are matched to the model's by name. Default: the model's
+            training data (all its cells).
+        indices
+            Rows of ``adata`` to encode; default: all.
+        cell_type
+            Cell type of all cells; default: the model's cell-type column of ``adata``.
+        n_steps
+            DDIM steps.
+        batch_size
+            Cells per batch.
+        layer
+            Layer to read; ``"setup"`` uses the one registered in training if present.
+        seed
+            Seed of the light noise that starts the encoding (see
+            :meth:`~scdoloris.module.DolorisModule.encode`); ``predict`` with the same seed
+            encodes the same cells into the same latents.
+
+        Returns
+        -------
+        Cells x genes array of latents.
+
+        Examples
+        --------
+        >>> ctrl = adata[adata.obs["perturbation"] == "ctrl"].copy()  # doctest: +SKIP
+        >>> ctrl.obsm["X_doloris"] = model.get_latent_representation(ctrl)  # doctest: +SKIP
+        """
+        self._check_if_trained(warn=True)
+        if adata is None:
+            if self.adata is None:
+                raise ValueError(
+                    "This model has no data attached (it was loaded without adata): pass the "
+                    "cells to encode, get_latent_representation(adata)."
+                )
+            adata = self.adata
+        adata = self._expression_input(adata)
+        if indices is not None:
+            adata = adata[np.asarray(indices)]
+        X = self._read_controls(adata, layer)
+        codes, _ = self._cell_type_codes(adata, cell_type)
+        self.module.eval()
+        device = self.module.device
+        generator = _generator(seed)
+        out = []
+        for sl in self._batches(X.shape[0], batch_size):
+            x = torch.from_numpy(X[sl]).to(device)
+            ct = torch.from_numpy(codes[sl]).to(device)
+            out.append(self.module.encode(x, ct, n_steps, generator).cpu().numpy())
+        return np.concatenate(out)
+
     def get_latent(
         self,
         adata_ctrl: ad.AnnData,
@@ -940,6 +1099,8 @@ class DolorisModel(
         num_threads: int | None = None,
     ) -> np.ndarray:
         """Encode control cells into the shared Gaussian latent (deterministic DDIM, backwards).
+
+        The same as :meth:`get_latent_representation` (scvi-tools' name) of ``adata_ctrl``.
 
         Parameters
         ----------
@@ -967,19 +1128,90 @@ class DolorisModel(
         --------
         >>> z = model.get_latent(adata[adata.obs["perturbation"] == "ctrl"])  # doctest: +SKIP
         """
-        self._check_if_trained(warn=True)
-        adata_ctrl = self._expression_input(adata_ctrl)
-        X = self._read_controls(adata_ctrl, layer)
-        codes, _ = self._cell_type_codes(adata_ctrl, cell_type)
-        self.module.eval()
-        device = self.module.device
-        generator = _generator(seed)
-        out = []
-        for sl in self._batches(X.shape[0], batch_size):
-            x = torch.from_numpy(X[sl]).to(device)
-            ct = torch.from_numpy(codes[sl]).to(device)
-            out.append(self.module.encode(x, ct, n_steps, generator).cpu().numpy())
-        return np.concatenate(out)
+        return self.get_latent_representation(
+            adata_ctrl,
+            cell_type=cell_type,
+            n_steps=n_steps,
+            batch_size=batch_size,
+            layer=layer,
+            seed=seed,
+        )
+
+    def _warn_if_not_controls(self, adata: ad.AnnData) -> None:
+        """Warn, with their number, when input cells of ``predict`` are not control cells.
+
+        Only possible when ``adata`` has the model's perturbation column. A cell is a control
+        when its label parses to no token, or (for a model with doses) when all its tokens are
+        molecules given at dose 0.
+        """
+        key = self.setup_args.get("perturbation_key")
+        if key is None or key not in adata.obs:
+            return
+        control = self.setup_args["control_group"]
+        delimiter = self.setup_args["combination_delimiter"]
+        labels = adata.obs[key].astype(str).to_numpy()
+        unique, inverse = np.unique(labels, return_inverse=True)
+
+        def tokens(label: str) -> tuple[str, ...] | None:
+            try:
+                return parse_perturbation(label, control, delimiter)
+            except (TypeError, ValueError):  # a malformed label: not a control
+                return None
+
+        parsed = [tokens(u) for u in unique]
+        is_control = np.array([t == () for t in parsed], dtype=bool)[inverse]
+        dose_key = self.setup_args.get("dose_key")
+        if dose_key is not None and dose_key in adata.obs:
+            molecules = set(getattr(self, "molecule_names_", []))
+            only_molecules = np.array(
+                [bool(t) and all(m in molecules for m in t) for t in parsed], dtype=bool
+            )
+            dose = pd.to_numeric(adata.obs[dose_key], errors="coerce").to_numpy(np.float64)
+            is_control |= only_molecules[inverse] & (dose <= 0)
+        n_other = int((~is_control).sum())
+        if n_other:
+            examples = sorted(set(labels[~is_control]))[:3]
+            warnings.warn(
+                f"{n_other} of the {adata.n_obs} input cells are not control cells "
+                f"(obs[{key!r}] is e.g. {examples}, not {control!r}); predict takes every input "
+                "cell as a control cell. To predict from the controls only, pass "
+                f"adata[adata.obs[{key!r}] == {control!r}].",
+                UserWarning,
+                stacklevel=4,  # the caller of predict (through torch's inference_mode wrapper)
+            )
+
+    def _with_controls(
+        self, pred: ad.AnnData, X, obs_names: np.ndarray, cell_types: np.ndarray
+    ) -> ad.AnnData:
+        """``pred`` followed by the input control cells (``predict(include_controls=True)``).
+
+        The controls' ``X`` is the input expression on the model's genes, ``perturbation`` the
+        control label, ``control_cell`` their own obs name and ``predicted`` False.
+        """
+        control = self.setup_args["control_group"]
+        n = X.shape[0]
+        block_X = np.empty((n, len(self.adata_var_names)), dtype=np.float32)
+        for sl in self._batches(n, 4096):
+            block_X[sl] = X[sl]
+        block = prediction_anndata(
+            block_X,
+            self.adata_var_names,
+            perturbation=[control] * n,
+            cell_type=cell_types,
+            control_cell=obs_names,
+            dose=np.full(n, np.nan) if "dose" in pred.obs else None,
+        )
+        block.obs["predicted"] = False
+        block.obs_names = [f"ctrl-{i}" for i in range(n)]
+        for name in pred.layers:  # e.g. expression_probability: none for an input cell
+            block.layers[name] = np.full(block.shape, np.nan, dtype=np.float32)
+        out = ad.concat([pred, block], merge="same")
+        out.uns = pred.uns
+        out.uns["scdoloris"]["include_controls"] = True
+        for column in ("perturbation", "cell_type"):
+            values = out.obs[column].astype(str)
+            out.obs[column] = pd.Categorical(values, categories=list(dict.fromkeys(values)))
+        return out
 
     @predict_threads
     @torch.inference_mode()
@@ -1005,6 +1237,7 @@ class DolorisModel(
         calibrate: bool = True,
         allow_unknown: bool = False,
         num_threads: int | None = None,
+        include_controls: bool = False,
     ) -> ad.AnnData:
         """Predict perturbed cells from control cells, one predicted cell per control cell.
 
@@ -1107,13 +1340,25 @@ class DolorisModel(
             None: ``scvi.settings.num_threads`` if set, else the model's default on a CPU (one
             thread for the default preset up to 2000 genes, see :doc:`/guide/training`) and no
             change on a GPU.
+        include_controls
+            Append the input cells after the predicted ones, with ``perturbation`` the control
+            label and ``predicted`` False (``X``: their expression on the model's genes), so
+            that one AnnData holds both, e.g. for ``sc.tl.rank_genes_groups(pred,
+            "perturbation", reference=control_label)``.
 
         Returns
         -------
         A new AnnData: ``X`` the predicted log-normalised expression with the model's genes;
         ``obs`` with ``perturbation``, ``dose`` (for a model with doses, when doses are given
         or for a DataFrame of conditions), ``cell_type``, ``control_cell`` and ``predicted``;
-        ``uns["scdoloris"]`` with the settings.
+        ``uns["scdoloris"]`` with the settings. With ``include_controls``, the input cells
+        follow.
+
+        Warns
+        -----
+        UserWarning
+            When the input has the model's perturbation column and some of its cells are not
+            control cells (every input cell is taken as a control cell).
 
         Examples
         --------
@@ -1125,6 +1370,8 @@ class DolorisModel(
         >>> conditions = pd.DataFrame({"perturbation": ["panobinostat"] * 2,
         ...                            "dose": [0.1, 1.0], "cell_type": ["A549", "MCF7"]})
         >>> pred = model.predict(ctrl, conditions)  # doctest: +SKIP
+        >>> both = model.predict(ctrl, "KLF1+MAP2K6", include_controls=True)  # doctest: +SKIP
+        >>> sc.tl.rank_genes_groups(both, "perturbation", reference="ctrl")  # doctest: +SKIP
         """
         self._check_if_trained(warn=True)
         if mask not in MASK_MODES:
@@ -1138,6 +1385,7 @@ class DolorisModel(
         if isinstance(perturbation, pd.DataFrame):
             return predict_table(self, adata_ctrl, perturbation, cell_type, dose, locals())
         adata_ctrl = self._expression_input(adata_ctrl)
+        self._warn_if_not_controls(adata_ctrl)
         perturbations = [perturbation] if isinstance(perturbation, str) else list(perturbation)
         if not perturbations:
             raise ValueError("Pass at least one perturbation.")
@@ -1163,7 +1411,13 @@ class DolorisModel(
         codes, ct_names = self._cell_type_codes(adata_ctrl, cell_type)
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
-        generator = _generator(seed)
+        generator = _generator(seed)  # the encoding's: shared by all conditions
+        # each condition draws from its own stream (mask sampling, noise start), derived from the
+        # seed and the condition, so its cells do not depend on the call's other conditions
+        streams = [
+            _condition_generator(seed, *_effective_condition(tokens, idx[2], d))
+            for tokens, idx, d in zip(parsed, indices, doses, strict=True)
+        ]
 
         self.module.eval()
         n = X.shape[0]
@@ -1219,7 +1473,7 @@ class DolorisModel(
                     continue
                 kw = self._slice_condition(cond, sl, device)
                 if from_noise.any():
-                    latent = torch.randn(x.shape, generator=generator).to(device)
+                    latent = torch.randn(x.shape, generator=streams[j]).to(device)
                     if not from_noise.all():
                         latent = torch.where(from_noise, latent, encoded)
                     x_ref = None
@@ -1236,10 +1490,10 @@ class DolorisModel(
                     if return_probabilities:
                         out_p[j * n + sl.start : j * n + sl.stop] = p.cpu().numpy()
                 if mask == "bernoulli":
-                    draw = torch.rand(p.shape, generator=generator).to(device)
+                    draw = torch.rand(p.shape, generator=streams[j]).to(device)
                     x_hat = x_hat * (draw < p)
                 elif plans is not None:
-                    keep = self._draw_mask(mask, plans[j], x_np, codes[sl], generator)
+                    keep = self._draw_mask(mask, plans[j], x_np, codes[sl], streams[j])
                     x_hat = x_hat * torch.from_numpy(keep).to(device)
                 x_hat = (x_hat * self.module.x_max).cpu().numpy()
                 if blends is not None:
@@ -1279,6 +1533,8 @@ class DolorisModel(
         )
         if return_probabilities:
             out.layers["expression_probability"] = out_p
+        if include_controls:
+            out = self._with_controls(out, X, obs_names, ct_names)
         return out
 
     # ------------------------------------------------------------------ save / load
@@ -1317,6 +1573,9 @@ class DolorisModel(
                 f"{dir_path!r} already exists. Pass overwrite=True to replace it, or choose "
                 "another directory."
             )
+        # a model loaded from an older file format is written in the current one
+        self.scdoloris_version_ = __version__
+        self.file_format_ = FILE_FORMAT
         super().save(
             dir_path, prefix=prefix, overwrite=overwrite, save_anndata=save_anndata, **kwargs
         )
@@ -1329,6 +1588,7 @@ class DolorisModel(
         accelerator: str = "auto",
         device: int | str = "auto",
         prefix: str | None = None,
+        verbose: bool = False,
     ) -> DolorisModel:
         """Load a saved model; no training data is needed to predict.
 
@@ -1342,6 +1602,9 @@ class DolorisModel(
             Where to put the model (``"auto"``: a GPU when present).
         prefix
             Prefix of the file names.
+        verbose
+            Show scvi-tools' messages (e.g. that the file is "already downloaded"), hidden by
+            default; ``scvi.settings.verbosity = logging.DEBUG`` shows them too.
 
         Examples
         --------
@@ -1353,20 +1616,38 @@ class DolorisModel(
             return_device="torch",
             validate_single_device=True,
         )
-        attr_dict, var_names, state_dict, _ = _load_saved_files(
-            dir_path, False, map_location=torch_device, prefix=prefix
-        )
+        with quiet(verbose):
+            attr_dict, var_names, state_dict, _ = _load_saved_files(
+                dir_path, False, map_location=torch_device, prefix=prefix
+            )
         version = attr_dict.get("scdoloris_version_")
         file_format = attr_dict.get("file_format_")
         if version is None or file_format is None:
             raise ValueError(
                 f"{dir_path!r} does not hold a scdoloris model (no scdoloris version recorded)."
             )
-        if file_format != FILE_FORMAT:
+        upgrade = (
+            f"Upgrade scdoloris (pip install -U scdoloris), or install scdoloris {version}, to "
+            "load it."
+        )
+        if not isinstance(file_format, int) or file_format < 1:
             raise ValueError(
-                f"{dir_path!r} was saved by scdoloris {version} in file format {file_format}; "
-                f"this scdoloris {__version__} reads format {FILE_FORMAT}. Install scdoloris "
-                f"{version} to load it."
+                f"{dir_path!r} does not hold a scdoloris model in a known file format (file "
+                f"format {file_format!r})."
+            )
+        if file_format > FILE_FORMAT:
+            raise ValueError(
+                f"{dir_path!r} was saved by a newer scdoloris ({version}) in file format "
+                f"{file_format}; this scdoloris {__version__} reads file formats 1 to "
+                f"{FILE_FORMAT}. {upgrade}"
+            )
+        known = set(inspect.signature(DolorisModule).parameters)
+        unknown = sorted(set(attr_dict.get("module_kwargs_", {})) - known)
+        if unknown:
+            raise ValueError(
+                f"{dir_path!r} was saved by a newer scdoloris ({version}): its model has options "
+                f"this scdoloris {__version__} does not know ({', '.join(map(repr, unknown))}). "
+                f"{upgrade}"
             )
         registry = attr_dict.pop("registry_")
         if registry.get(_MODEL_NAME_KEY, cls.__name__) != cls.__name__:
@@ -1374,7 +1655,7 @@ class DolorisModel(
                 f"{dir_path!r} holds a {registry[_MODEL_NAME_KEY]}, not a {cls.__name__}."
             )
         model = _initialize_model(cls, False, registry, attr_dict, None)
-        # models saved before the unknown cell type existed had none
+        # file format 1: models saved before the unknown cell type existed had none
         model.module_kwargs_.setdefault("cell_type_dropout", 0.0)
         model.module = DolorisModule(**model.module_kwargs_)
         state_dict.pop("pyro_param_store", None)
@@ -1395,6 +1676,7 @@ class DolorisModel(
                 f"not fit this version's model ({err.args[0].splitlines()[0]}). Retrain, or "
                 f"install scdoloris {version} to load it."
             ) from err
+        model._model_summary_string = model._summary()
         model.to_device(torch_device)
         model.module.eval()
         if adata is not None:
@@ -1431,6 +1713,53 @@ def _generator(seed: int | None) -> torch.Generator:
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0])
     return torch.Generator().manual_seed(int(seed))
+
+
+def _effective_condition(
+    tokens: Sequence[str], molecule_rows: Sequence[int], dose: float | None
+) -> tuple[str, float | None]:
+    """The condition a perturbation and dose amount to: molecules at dose 0 are no perturbation,
+    and a dose means nothing without a molecule.
+
+    Examples
+    --------
+    >>> _effective_condition(("drugA", "KLF1"), [3, PAD], 0.0)
+    ('KLF1', None)
+    >>> _effective_condition(("KLF1",), [PAD], None)
+    ('KLF1', None)
+    """
+    if dose is not None and dose <= 0:
+        tokens = [t for t, m in zip(tokens, molecule_rows, strict=True) if m == PAD]
+        molecule_rows = [PAD] * len(tokens)
+    if all(m == PAD for m in molecule_rows):
+        dose = None
+    return "+".join(sorted(tokens)), dose
+
+
+def _condition_generator(seed: int, condition: str, dose: float | None) -> torch.Generator:
+    """A CPU generator of one condition's random draws in ``predict``.
+
+    Seeded from ``seed`` and a hash of the condition (its sorted tokens and its dose, see
+    :func:`_effective_condition`), so that a condition gets the same draws whatever other
+    conditions share the call (a table of conditions included), and different conditions get
+    different streams. The cell type is not part of it: the same control cells predicted under
+    one perturbation for two cell types draw the same random numbers, as they share their latent.
+
+    Examples
+    --------
+    >>> a = _condition_generator(0, "KLF1+MAP2K6", None)
+    >>> b = _condition_generator(0, "KLF1+MAP2K6", None)
+    >>> bool(torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=b)))
+    True
+    >>> c = _condition_generator(0, "KLF1", None)
+    >>> bool(torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=c)))
+    False
+    """
+    key = f"{condition}\x1f{'' if dose is None else repr(float(dose))}"
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest()
+    words = np.frombuffer(digest, dtype=np.uint32).tolist()
+    sequence = np.random.SeedSequence([int(seed) % 2**64, *words])
+    return torch.Generator().manual_seed(int(sequence.generate_state(1, np.uint64)[0]))
 
 
 def _suggest(name: str, choices: Sequence[str]) -> str:

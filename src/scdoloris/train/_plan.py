@@ -71,16 +71,29 @@ class DolorisTrainingPlan(TrainingPlan):
 
     @torch.no_grad()
     def compute_and_log_metrics(self, loss_output, metrics, mode: str):
-        """scvi-tools' metric logging, under ``no_grad`` instead of ``inference_mode``.
+        """Log the named losses of each step, averaged per epoch into ``model.history``.
 
-        Under ``inference_mode`` Lightning creates its metric state as inference tensors, and
-        with a DDP strategy (``devices=N``) their in-place sync across processes at the end of
-        the epoch fails ("Inplace update to inference tensor outside InferenceMode").
+        The module's losses (``source_loss``, ``target_loss``, ``mask_loss``) are logged as
+        ``f"{name}_{mode}"`` (``mode``: ``"train"`` or ``"validation"``); the total is logged by
+        scvi-tools as ``train_loss`` and ``validation_loss``. scvi-tools' ELBO terms
+        (``elbo_train``, ``kl_local_train``, ...) are not logged: a diffusion model has no ELBO,
+        they would only repeat the loss and zeros.
+
+        Runs under ``no_grad`` rather than scvi-tools' ``inference_mode``: under
+        ``inference_mode`` Lightning creates its metric state as inference tensors, and with a
+        DDP strategy (``devices=N``) their in-place sync across processes at the end of the
+        epoch fails ("Inplace update to inference tensor outside InferenceMode").
         """
-        log = getattr(TrainingPlan.compute_and_log_metrics, "__wrapped__", None)
-        if log is None:  # not decorated in this scvi-tools version
-            return super().compute_and_log_metrics(loss_output, metrics, mode)
-        return log(self, loss_output, metrics, mode)
+        for key in loss_output.extra_metrics_keys:
+            value = loss_output.extra_metrics[key]
+            self.log(
+                f"{key}_{mode}",
+                torch.as_tensor(value).detach(),
+                on_step=self.on_step,
+                on_epoch=self.on_epoch,
+                batch_size=loss_output.n_obs_minibatch,
+                sync_dist=self.use_sync_dist,
+            )
 
     def configure_optimizers(self):
         groups = []
