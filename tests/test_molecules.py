@@ -304,7 +304,8 @@ def test_a_larger_dose_gives_a_larger_predicted_shift(drug_model, drug_screen):
         response = real[-1] / np.linalg.norm(real[-1])
         assert real[0] @ response < real[1] @ response < real[2] @ response  # the data's premise
         table = pd.DataFrame({"perturbation": drug, "dose": DOSES})
-        pred = drug_model.predict(ctrl, table, n_steps=20, progress_bar=False)
+        # the model's own dose response (the calibration may lean on a baseline)
+        pred = drug_model.predict(ctrl, table, n_steps=20, progress_bar=False, calibrate=False)
         shift = [(pred[pred.obs["dose"] == d].X.mean(0) - mean_ctrl) @ response for d in DOSES]
         assert shift[0] < shift[1] < shift[2], (drug, shift)
         assert shift[2] > 0.5 * (real[2] @ response)

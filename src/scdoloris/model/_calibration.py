@@ -114,9 +114,10 @@ def plan_validation(
     Examples
     --------
     >>> counts = {ConditionKey((), "T"): 50, ConditionKey(("A",), "T"): 30,
-    ...           ConditionKey(("B",), "T"): 30, ConditionKey(("A", "B"), "T"): 30}
+    ...           ConditionKey(("B",), "T"): 30, ConditionKey(("C",), "T"): 30,
+    ...           ConditionKey(("A", "B"), "T"): 30}
     >>> plan = plan_validation(counts, np.random.default_rng(0), n_seen=0)
-    >>> sorted(plan.held_out.values())
+    >>> sorted(plan.held_out.values())  # A (seen in the pair A+B) and C (seen nowhere else)
     ['new combination', 'unseen token']
     """
     perturbed = [k for k, n in counts.items() if k.tokens and n >= min_cells]

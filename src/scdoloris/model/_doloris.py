@@ -730,6 +730,14 @@ class DolorisModel(
         training = [ConditionKey(tuple(t), c, d) for t, c, d in self.training_conditions_]
         return condition_kind(ConditionKey(tuple(sorted(tokens)), cell_type, dose_label), training)
 
+    def _effective_tokens(self, parsed, doses) -> list[tuple[str, ...]]:
+        """The tokens that perturb: molecules given at dose 0 are no perturbation."""
+        molecules = set(getattr(self, "molecule_names_", []) or [])
+        return [
+            tuple(t for t in tokens if not (t in molecules and d is not None and d <= 0))
+            for tokens, d in zip(parsed, doses, strict=True)
+        ]
+
     def _blend_plan(self, parsed, doses, ct_names) -> list[dict] | None:
         """Per predicted condition: its label, and per cell type its kind, baseline and weight
         (None without a calibration)."""
@@ -1029,6 +1037,7 @@ class DolorisModel(
         batch_size: int = 1024,
         layer: str | None | Literal["setup"] = "setup",
         seed: int | None = 0,
+        num_threads: int | None = None,
     ) -> np.ndarray:
         """Encode cells into the shared Gaussian latent (deterministic DDIM, backwards).
 
@@ -1055,6 +1064,8 @@ class DolorisModel(
             Seed of the light noise that starts the encoding (see
             :meth:`~scdoloris.module.DolorisModule.encode`); ``predict`` with the same seed
             encodes the same cells into the same latents.
+        num_threads
+            CPU threads of torch during the call, as in :meth:`predict`.
 
         Returns
         -------
@@ -1135,6 +1146,7 @@ class DolorisModel(
             batch_size=batch_size,
             layer=layer,
             seed=seed,
+            num_threads=num_threads,
         )
 
     def _warn_if_not_controls(self, adata: ad.AnnData) -> None:
@@ -1424,7 +1436,8 @@ class DolorisModel(
         conditions = [self._condition_tensors(i, d, n) for i, d in zip(indices, doses, strict=True)]
         extra = np.stack(list(new_molecules.values())) if new_molecules else None
         self.module.set_extra_molecules(None if extra is None else torch.from_numpy(extra))
-        blends = self._blend_plan(parsed, doses, ct_names) if calibrate else None
+        effective = self._effective_tokens(parsed, doses)
+        blends = self._blend_plan(effective, doses, ct_names) if calibrate else None
         plans = None
         control_tokens = self._condition_tensors(([], [], []), None, n)
         if mask in ("coherent", "coupled"):
@@ -1464,7 +1477,7 @@ class DolorisModel(
                 latent = encoded
             from_noise = torch.from_numpy(from_noise).to(device).unsqueeze(-1)
             for j, cond in enumerate(conditions):
-                if not parsed[j]:  # the control label is no perturbation: the input cells
+                if not effective[j]:  # no perturbation (the control, a drug at dose 0): the input
                     out_X[j * n + sl.start : j * n + sl.stop] = x_np
                     if return_probabilities:
                         p = self.module.expression_probability(x, ct, **ref)
