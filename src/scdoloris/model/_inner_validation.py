@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import dataclass
 
 import anndata as ad
 import numpy as np
@@ -80,6 +81,28 @@ class BaselineShifts:
                 rows = cell_types == ct
                 out[rows] = np.maximum(X[rows] + delta, 0.0)
         return out
+
+
+@dataclass
+class InnerCondition:
+    """A held-out condition of the inner validation: what to predict and its real cells."""
+
+    label: str  # the baselines' label (with " @ <dose>" for a model with doses)
+    perturbation: str
+    dose: float | None
+    cell_type: str
+    kind: str
+    controls: ad.AnnData
+    real: np.ndarray
+
+
+@dataclass
+class InnerSplit:
+    """The inner model's training cells, the held-out conditions and the model's cell count."""
+
+    adata: ad.AnnData
+    conditions: list[InnerCondition]
+    n_cells: int
 
 
 class InnerValidationMixin:
@@ -162,6 +185,21 @@ class InnerValidationMixin:
 
         Returns None when the data have too few perturbed conditions to hold one out.
         """
+        split = self._inner_split(seed)
+        if split is None:
+            return None
+        logger.info(
+            "Inner validation: %d conditions held out (%s); training an inner model.",
+            len(split.conditions),
+            ", ".join(f"{c.label} in {c.cell_type}: {c.kind}" for c in split.conditions),
+        )
+        inner = self._train_inner_model(split, train_kwargs)
+        scores = self._score_inner(inner, split, seed)
+        return None if scores.empty else Calibration.fit(scores)
+
+    def _inner_split(self, seed: int) -> InnerSplit | None:
+        """The inner validation's data: the inner model's training cells and, per held-out
+        condition, its kind, input control cells and real cells (None: nothing to hold out)."""
         rng = np.random.default_rng(seed)
         table = self._condition_table()
         ids = table["key_id"].to_numpy()
@@ -187,20 +225,8 @@ class InnerValidationMixin:
         kinds = {**plan.held_out, **{k: "seen" for k in plan.seen}}
         train_rows = _cap_rows(np.flatnonzero(train_mask), ids, MAX_TRAIN_CELLS, rng)
         inner_adata = self._labelled_anndata(train_rows, table)
-        logger.info(
-            "Inner validation: %d conditions held out (%s); training an inner model.",
-            len(kinds),
-            ", ".join(f"{k.tokens} in {k.cell_type}: {v}" for k, v in kinds.items()),
-        )
-        inner = self._inner_model(inner_adata)
-        # as many optimisation steps as the model itself will take
-        batch = int(train_kwargs.get("batch_size", 128))
-        steps = int(train_kwargs["max_epochs"]) * int(np.ceil(len(table) / batch))
-        epochs = max(1, int(round(steps / np.ceil(inner_adata.n_obs / batch))))
-        inner.train(**{**train_kwargs, "max_epochs": epochs}, calibrate=False)
-        shifts = self._fit_baselines(inner_adata)
         is_ctrl = np.array([len(k.tokens) == 0 for k in table["key"]])
-        rows_out = []
+        conditions = []
         for key, kind in kinds.items():
             ctrl = np.flatnonzero(is_ctrl & (table["cell_type"].to_numpy() == key.cell_type))
             ctrl = np.intersect1d(ctrl, train_rows)
@@ -208,47 +234,66 @@ class InnerValidationMixin:
             real = np.sort(rng.permutation(real_rows[key])[:MAX_CELLS])
             if len(ctrl) < 2 or len(real) < 2:
                 continue
-            controls = self._labelled_anndata(ctrl, table)
-            R = _dense(self._labelled_anndata(real, table).X)
-            label = table["label"].to_numpy()[real[0]]
-            perturbation = table["perturbation"].to_numpy()[real[0]]
-            dose = (
-                None
-                if np.isnan(table["dose"].to_numpy()[real[0]])
-                else table["dose"].to_numpy()[real[0]]
+            dose = table["dose"].to_numpy()[real[0]]
+            conditions.append(
+                InnerCondition(
+                    label=str(table["label"].to_numpy()[real[0]]),
+                    perturbation=str(table["perturbation"].to_numpy()[real[0]]),
+                    dose=None if np.isnan(dose) else float(dose),
+                    cell_type=key.cell_type,
+                    kind=kind,
+                    controls=self._labelled_anndata(ctrl, table),
+                    real=_dense(self._labelled_anndata(real, table).X),
+                )
             )
-            cell_type = key.cell_type if "cell_type" in inner_adata.obs else None
+        return InnerSplit(inner_adata, conditions, len(table)) if conditions else None
+
+    def _train_inner_model(self, split: InnerSplit, train_kwargs: dict):
+        """The inner model, trained for as many optimisation steps as the model itself."""
+        inner = self._inner_model(split.adata)
+        batch = int(train_kwargs.get("batch_size", 128))
+        steps = int(train_kwargs["max_epochs"]) * int(np.ceil(split.n_cells / batch))
+        epochs = max(1, int(round(steps / np.ceil(split.adata.n_obs / batch))))
+        inner.train(**{**train_kwargs, "max_epochs": epochs}, calibrate=False)
+        return inner
+
+    def _score_inner(self, inner, split: InnerSplit, seed: int, **predict_kwargs) -> pd.DataFrame:
+        """E-distance and EMD of every candidate (baseline x model weight) on every condition."""
+        shifts = self._fit_baselines(split.adata)
+        has_types = "cell_type" in split.adata.obs
+        rows = []
+        for cond in split.conditions:
             with warnings.catch_warnings():  # held-out tokens may be unknown to the inner model
                 warnings.simplefilter("ignore", UserWarning)
                 P = inner.predict(
-                    controls,
-                    perturbation,
-                    cell_type=cell_type,
-                    dose=dose,
+                    cond.controls,
+                    cond.perturbation,
+                    cell_type=cond.cell_type if has_types else None,
+                    dose=cond.dose,
                     calibrate=False,
                     progress_bar=False,
                     seed=seed,
                     allow_unknown=True,
+                    **predict_kwargs,
                 ).X
-            X = _dense(controls.X)
-            cts = np.full(X.shape[0], key.cell_type)
+            X = _dense(cond.controls.X)
+            cts = np.full(X.shape[0], cond.cell_type)
+            model_scores = (e_distance(P, cond.real), emd(P, cond.real))
             for baseline in BASELINES:
-                B = shifts.predict(baseline, X, label, cts)
+                B = shifts.predict(baseline, X, cond.label, cts)
                 for w in WEIGHTS:
-                    Y = blend(P, B, w)
-                    rows_out.append(
+                    e, m = model_scores if w >= 1 else _scores(blend(P, B, w), cond.real)
+                    rows.append(
                         {
-                            "condition": f"{label} | {key.cell_type}",
-                            "kind": kind,
+                            "condition": f"{cond.label} | {cond.cell_type}",
+                            "kind": cond.kind,
                             "baseline": baseline,
                             "weight": w,
-                            "e_distance": e_distance(Y, R),
-                            "emd": emd(Y, R),
+                            "e_distance": e,
+                            "emd": m,
                         }
                     )
-        if not rows_out:
-            return None
-        return Calibration.fit(pd.DataFrame(rows_out))
+        return pd.DataFrame(rows)
 
 
 def _cap_rows(rows: np.ndarray, ids: np.ndarray, max_cells: int, rng) -> np.ndarray:
@@ -261,6 +306,10 @@ def _cap_rows(rows: np.ndarray, ids: np.ndarray, max_cells: int, rng) -> np.ndar
             mine = rng.choice(mine, max_cells, replace=False)
         out.append(mine)
     return np.sort(np.concatenate(out))
+
+
+def _scores(Y: np.ndarray, R: np.ndarray) -> tuple[float, float]:
+    return e_distance(Y, R), emd(Y, R)
 
 
 def _dense(X) -> np.ndarray:

@@ -1,0 +1,170 @@
+"""Choose defaults on the inner validation only: settings compared on held-out TRAINING conditions.
+
+For every fold of the chosen task kinds (``tasks.py``), the fold's training cells are split the
+way :meth:`scdoloris.DolorisModel.train` splits them for its calibration (training conditions
+held out of an inner model); an inner model is trained per training setting and each
+prediction setting is scored on the held-out training conditions. The fold's own test
+conditions are never predicted, so a default chosen from these numbers was not chosen on the
+conditions the benchmark scores it on (each fold's inner split comes from that fold's training
+cells only).
+
+Usage::
+
+    python benchmarks/defaults.py --tasks norman_pairs,kang_cell_type \\
+        --train "steps=250" "steps=600" "steps=2000" --predict "n_steps=10" "n_steps=50"
+
+``--train`` settings: ``steps=N`` (optimisation steps) and module keyword arguments
+(``prior=none``); ``--predict``: keyword arguments of ``predict`` (``n_steps=20``,
+``residual=none``). Each is a comma-separated ``key=value`` list; ``""`` is the default. The
+table printed (and written to ``--out``) gives, per setting, the mean over inner conditions of
+the uncalibrated model's E-distance and EMD and of the calibrated prediction's (the
+calibration fitted on the same inner scores), per task kind and over all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import run
+import tasks
+from _machine import run_record
+
+from scdoloris.model._calibration import Calibration
+
+
+def parse_setting(text: str) -> dict:
+    """``"a=1,b=none"`` -> ``{"a": 1, "b": "none"}`` (Python literals where they parse)."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, value = part.split("=", 1)
+        try:
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value.strip()
+    return out
+
+
+def study_fold(fold, seed: int, train_settings: list[str], predict_settings: list[str]):
+    """Rows of inner scores for one fold and seed, per training and prediction setting."""
+    import scvi
+
+    from scdoloris import DolorisModel
+
+    scvi.settings.seed = seed
+    adata = fold.train.copy()
+    DolorisModel.setup_anndata(adata, **fold.setup)
+    model = DolorisModel(adata)
+    split = model._inner_split(seed)
+    if split is None:
+        return []
+    rows = []
+    base_module = dict(model._init_arguments["module_kwargs"])
+    for train_text in train_settings:
+        setting = parse_setting(train_text)
+        steps = setting.pop("steps", None)
+        model._init_arguments["module_kwargs"] = {**base_module, **setting}
+        scvi.settings.seed = seed
+        kwargs = {"enable_progress_bar": False, "batch_size": 128}
+        n_batches = int(np.ceil(adata.n_obs / 128))
+        if steps is None:
+            steps = model_default_steps()
+        kwargs["max_epochs"] = max(1, int(np.ceil(steps / n_batches)))
+        start = time.perf_counter()
+        inner = model._train_inner_model(split, kwargs)
+        train_s = time.perf_counter() - start
+        for predict_text in predict_settings:
+            start = time.perf_counter()
+            scores = model._score_inner(inner, split, seed, **parse_setting(predict_text))
+            predict_s = time.perf_counter() - start
+            calibration = Calibration.fit(scores)
+            for cond, frame in scores.groupby("condition"):
+                kind = frame["kind"].iloc[0]
+                alone = frame[frame["weight"] == 1.0].iloc[0]
+                baseline, weight = calibration.choice(kind)
+                chosen = frame[(frame["baseline"] == baseline) & (frame["weight"] == weight)]
+                rows.append(
+                    {
+                        "task": fold.task,
+                        "fold": fold.index,
+                        "seed": seed,
+                        "train": train_text,
+                        "predict": predict_text,
+                        "condition": cond,
+                        "kind": kind,
+                        "E model": alone["e_distance"],
+                        "EMD model": alone["emd"],
+                        "E calibrated": chosen["e_distance"].iloc[0],
+                        "EMD calibrated": chosen["emd"].iloc[0],
+                        "train s": train_s,
+                        "predict s": predict_s,
+                    }
+                )
+    model._init_arguments["module_kwargs"] = base_module
+    return rows
+
+
+def model_default_steps() -> int:
+    """The default number of optimisation steps of ``DolorisModel.train``."""
+    from scdoloris.model import _doloris
+
+    return int(_doloris.DEFAULT_TRAIN_STEPS)
+
+
+def summarise(table: pd.DataFrame) -> pd.DataFrame:
+    """Per setting: means over conditions (and seeds) per task kind and over all task kinds."""
+    cols = ["E model", "EMD model", "E calibrated", "EMD calibrated"]
+    per_task = table.groupby(["train", "predict", "task"])[cols].mean()
+    overall = per_task.groupby(["train", "predict"]).mean()  # each task kind weighs alike
+    overall["task"] = "all (mean of task kinds)"
+    overall = overall.set_index("task", append=True)
+    cost = table.drop_duplicates(["task", "fold", "seed", "train", "predict"])
+    cost = cost.groupby(["train", "predict"])[["train s", "predict s"]].mean()
+    out = pd.concat([per_task, overall]).sort_index()
+    return out.join(cost, on=["train", "predict"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", default="norman_pairs,kang_cell_type,papalexi_unseen")
+    parser.add_argument("--folds", default=None, help="comma-separated fold indices")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--train", nargs="+", default=[""], help="training settings")
+    parser.add_argument("--predict", nargs="+", default=[""], help="prediction settings")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", default=None, help="CSV of the per-condition rows")
+    args = parser.parse_args(argv)
+    run._quiet()
+    import scvi
+
+    if args.threads is not None:
+        scvi.settings.num_threads = args.threads
+    info = run_record(run._command(argv))
+    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
+    rows = []
+    start = time.perf_counter()
+    for name in args.tasks.split(","):
+        for fold in tasks.folds(name, only=folds):
+            for seed in (int(s) for s in args.seeds.split(",")):
+                rows += study_fold(fold, seed, args.train, args.predict)
+                print(
+                    f"[{name}] fold {fold.index} seed {seed}: {time.perf_counter() - start:.0f} s",
+                    flush=True,
+                )
+    table = pd.DataFrame(rows)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.out, index=False)
+    print(f"Command: `{info['command']}`; commit {info['commit']}; {info['date']}")
+    print(f"Machine: {info['machine']}; {time.perf_counter() - start:.0f} s")
+    print(summarise(table).round(4).to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
