@@ -27,7 +27,8 @@ def test_condition_kinds():
     assert condition_kind(_key(("A",)), train) == "seen"
     assert condition_kind(_key(("B",), "B"), train) == "transfer"
     assert condition_kind(_key(("A", "B")), train) == "new combination"
-    assert condition_kind(_key(("C",)), train) == "new combination"  # seen in a pair only
+    assert condition_kind(_key(("C",)), train) == "seen in combinations"  # in a pair only
+    assert condition_kind(_key(("A", "C")), train) == "seen in combinations"  # C never alone
     assert condition_kind(_key(("A", "E")), train) == "unseen token"
     # the dose is part of the condition: another dose of a seen set transfers
     assert condition_kind(ConditionKey(("A",), "T", " @ 2"), train) == "transfer"
@@ -49,6 +50,10 @@ def test_plan_covers_every_kind_and_recomputes_kinds():
     kinds = set(plan.held_out.values())
     assert {"unseen token", "transfer"} <= kinds
     assert len(plan.seen) == 2 and not set(plan.seen) & set(plan.held_out)
+    # a single and a pair with it are never held out together (it would change their kinds)
+    for key in plan.held_out:
+        if len(key.tokens) > 1:
+            assert not any(_key((t,)) in plan.held_out for t in key.tokens)
     # small conditions are never held out
     counts[_key(("Z",))] = 3
     plan = plan_validation(counts, np.random.default_rng(1))

@@ -13,7 +13,10 @@ what a model can know differs between them:
 ``"transfer"``
     the token set was seen, but in other cell types (or at other doses) only;
 ``"new combination"``
-    every token was seen, this set of tokens never was (an unseen pair of seen genes);
+    several tokens, each seen alone, never together (an unseen pair of seen genes: the
+    additive baseline applies);
+``"seen in combinations"``
+    every token was seen, but some only in combinations (a single gene seen only in pairs);
 ``"unseen token"``
     a token was never perturbed in training.
 
@@ -34,7 +37,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-KINDS = ("seen", "transfer", "new combination", "unseen token")
+KINDS = ("seen", "transfer", "new combination", "seen in combinations", "unseen token")
 BASELINES = ("NoChange", "MeanShift", "Additive")
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 MODEL = "Doloris (uncalibrated)"
@@ -53,7 +56,8 @@ def condition_kind(key: ConditionKey, training: Iterable[ConditionKey]) -> str:
 
     Examples
     --------
-    >>> train = [ConditionKey(("A",), "T"), ConditionKey(("B",), "T"), ConditionKey(("A",), "B")]
+    >>> train = [ConditionKey(("A",), "T"), ConditionKey(("B",), "T"), ConditionKey(("A",), "B"),
+    ...          ConditionKey(("C", "D"), "T")]
     >>> condition_kind(ConditionKey(("A",), "T"), train)
     'seen'
     >>> condition_kind(ConditionKey(("B",), "B"), train)
@@ -61,6 +65,8 @@ def condition_kind(key: ConditionKey, training: Iterable[ConditionKey]) -> str:
     >>> condition_kind(ConditionKey(("A", "B"), "T"), train)
     'new combination'
     >>> condition_kind(ConditionKey(("C",), "T"), train)
+    'seen in combinations'
+    >>> condition_kind(ConditionKey(("A", "E"), "T"), train)
     'unseen token'
     """
     training = set(training)
@@ -68,8 +74,11 @@ def condition_kind(key: ConditionKey, training: Iterable[ConditionKey]) -> str:
         return "seen"
     if any(k.tokens == key.tokens for k in training):
         return "transfer"
+    singles = {k.tokens[0] for k in training if len(k.tokens) == 1}
+    if len(key.tokens) > 1 and all(t in singles for t in key.tokens):
+        return "new combination"
     seen = {t for k in training for t in k.tokens}
-    return "new combination" if all(t in seen for t in key.tokens) else "unseen token"
+    return "seen in combinations" if all(t in seen for t in key.tokens) else "unseen token"
 
 
 @dataclass
@@ -96,7 +105,8 @@ def plan_validation(
 
     Every perturbed training condition with at least ``min_cells`` cells is classified by the
     kind it would have if it alone were held out; from each kind about ``fraction`` of its
-    conditions are drawn (at least one, at most ``max_conditions`` in all). Holding out
+    conditions are drawn (at least one, two from four conditions on, at most
+    ``max_conditions`` in all). Holding out
     several conditions can change one another's kind (holding out the single ``A`` makes the
     pair ``A+B`` an unseen-token condition), so the kinds are recomputed against what stays.
     ``n_seen`` other conditions keep most of their cells and have some held out (kind
@@ -126,19 +136,29 @@ def plan_validation(
     by_kind: dict[str, list[ConditionKey]] = {}
     for key in perturbed:
         by_kind.setdefault(condition_kind(key, everything - {key}), []).append(key)
-    quota = {kind: max(1, round(fraction * len(keys))) for kind, keys in by_kind.items()}
-    picked: list[ConditionKey] = []
-    # round robin over the kinds, so that a capped total still covers every kind
-    while len(picked) < max_conditions and any(quota.values()):
+    # about ``fraction`` of each kind's conditions, at least one, and two from four on
+    quota = {
+        kind: max(1, min(2, len(keys) // 2), round(fraction * len(keys)))
+        for kind, keys in by_kind.items()
+    }
+    intended: dict[ConditionKey, str] = {}
+    # round robin over the kinds, so that a capped total still covers every kind; a condition
+    # is skipped if holding it out with the others would change one's kind (holding out the
+    # single A and the pair A+B makes A an unseen token and A+B not a combination of singles)
+    while len(intended) < max_conditions and any(quota[k] and by_kind[k] for k in quota):
         for kind in sorted(by_kind):
-            if quota[kind] and len(picked) < max_conditions:
-                picked.append(by_kind[kind].pop(0))
+            if not (quota[kind] and by_kind[kind]) or len(intended) >= max_conditions:
+                continue
+            key = by_kind[kind].pop(0)
+            trial = {**intended, key: kind}
+            staying = everything - set(trial)
+            # at least one perturbed condition stays in the inner training data
+            if staying & set(perturbed) and all(
+                condition_kind(k, staying) == v for k, v in trial.items()
+            ):
+                intended = trial
                 quota[kind] -= 1
-    # at least one condition of every kind must stay in the inner training data (if any)
-    if picked and len(picked) == len(perturbed):
-        picked.pop()
-    staying = everything - set(picked)
-    held = {k: condition_kind(k, staying) for k in picked}
+    held = intended
     rest = [k for k in perturbed if k not in held and counts[k] >= 2 * min_cells]
     return ValidationPlan(held, rest[:n_seen])
 
