@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from scdoloris import DolorisModel
-from scdoloris.module import DolorisModule
-from scdoloris.module._doloris import ConditionEncoder
+from scdoloris.module import ConditionEncoder, DolorisModule
 
 HELD_OUT = "type_2"
 
@@ -61,14 +60,10 @@ def _module(dropout: float, n_cell_types: int = 3) -> DolorisModule:
         n_genes=5,
         n_cell_types=n_cell_types,
         n_vocab=2,
-        n_nodes=2,
-        n_node_features=4,
-        n_edges=2,
-        n_hidden=8,
-        n_layers=1,
         n_cond=4,
-        n_graph_hidden=4,
-        n_mask_hidden=4,
+        denoiser_kwargs={"n_hidden": 8, "n_layers": 1},
+        mask_kwargs={"n_hidden": 4},
+        graph_kwargs={"n_nodes": 2, "n_node_features": 4, "n_edges": 2, "n_hidden": 4},
         cell_type_dropout=dropout,
     )
 
@@ -147,7 +142,8 @@ def test_a_model_saved_before_the_unknown_cell_type_loads_without_it(held_out_ty
     model.save(tmp_path / "m", overwrite=True)
     path = tmp_path / "m" / "model.pt"
     saved = torch.load(path, weights_only=False)
-    # as written by the earlier version: no such argument, parameters or buffer
+    # as written by the earlier version (file format 1): no such argument, parameters or buffer
+    saved["attr_dict"]["file_format_"] = 1
     del saved["attr_dict"]["module_kwargs_"]["cell_type_dropout"]
     for key in list(saved["model_state_dict"]):
         if key.endswith("unknown_cell_type") or key == "perturbed_cell_type":

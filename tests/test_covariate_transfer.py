@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scdoloris import DolorisModel
+from scdoloris import DolorisModel, ablations
 from scdoloris.metrics import e_distance, top_de_genes
 
 HELD_OUT = "CD14+ Monocytes"
@@ -73,8 +73,10 @@ def test_auto_start_uses_noise_only_for_cell_types_never_seen_perturbed(kang_tra
     assert pred.uns["scdoloris"]["start"] == "latent"  # the default
     # for the held-out type "auto" is "noise" (same draws), not the bridge
     kw = {"cell_type": HELD_OUT, "seed": 0, "progress_bar": False, "n_steps": 10}
-    auto = model.predict(controls[:20], "stim", start="auto", **kw)
-    noise = model.predict(controls[:20], "stim", start="noise", **kw)
-    bridge = model.predict(controls[:20], "stim", start="latent", **kw)
+    with ablations.variant("auto start").applied(model):
+        auto = model.predict(controls[:20], "stim", **kw)
+    with ablations.variant("no latent").applied(model):
+        noise = model.predict(controls[:20], "stim", **kw)
+    bridge = model.predict(controls[:20], "stim", **kw)  # the method: the bridge
     np.testing.assert_array_equal(auto.X, noise.X)
     assert not np.array_equal(auto.X, bridge.X)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from scdoloris.module._gene_graph import PerturbationEncoder
+from scdoloris.module import PerturbationEncoder
 
 
 def random_encoder(seed: int = 0, n_nodes: int = 40, n_edges: int = 90) -> PerturbationEncoder:

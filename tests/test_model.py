@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import sparse
 
-from scdoloris import DolorisModel
+from scdoloris import DolorisModel, ablations
 from scdoloris.metrics import e_distance
 
 
@@ -105,9 +105,11 @@ def test_same_seed_same_prediction_and_different_seed_differs(norman_model, norm
 
 def test_ablation_options_run(norman_model, norman):
     ctrl = _controls(norman)[:10]
-    dense = norman_model.predict(ctrl, "KLF1", mask="none", n_steps=5, progress_bar=False)
+    with ablations.variant(mask="none").applied(norman_model):
+        dense = norman_model.predict(ctrl, "KLF1", n_steps=5, progress_bar=False)
     assert (dense.X == 0).mean() < 0.5  # without a mask the output is dense
-    noise = norman_model.predict(ctrl, "KLF1", start="noise", n_steps=5, progress_bar=False)
+    with ablations.variant("no latent").applied(norman_model):
+        noise = norman_model.predict(ctrl, "KLF1", n_steps=5, progress_bar=False)
     assert noise.shape == dense.shape
     probs = norman_model.predict(
         ctrl, "KLF1", n_steps=5, return_probabilities=True, progress_bar=False
@@ -123,12 +125,16 @@ def test_ablation_options_run(norman_model, norman):
         ({"perturbation": "KLF1", "cell_type": "HeLa"}, ValueError, "Unknown cell type 'HeLa'"),
         ({"perturbation": "KLF1+"}, ValueError, "empty part"),
         ({"perturbation": []}, ValueError, "at least one perturbation"),
-        ({"perturbation": "KLF1", "mask": "maybe"}, ValueError, "mask must be"),
     ],
 )
 def test_predict_errors(norman_model, norman, kwargs, error, match):
     with pytest.raises(error, match=match):
         norman_model.predict(_controls(norman)[:5], progress_bar=False, **kwargs)
+
+
+def test_unknown_ablation_switch_values_are_refused():
+    with pytest.raises(ValueError, match="mask must be"):
+        ablations.variant(mask="maybe")
 
 
 def test_predict_input_errors(norman_model, norman):
@@ -245,9 +251,10 @@ def test_setup_keeps_user_data_and_tokens_are_genes():
 @pytest.mark.parametrize("single", ["KLF1", "MAP2K6", "TGFBR2"])
 def test_coherent_masks_match_detection_of_seen_singles(norman_model, norman, single):
     real = norman[norman.obs["perturbation"] == single].X.toarray()
-    pred = norman_model.predict(  # the mask mechanism itself: the uncalibrated model
-        _controls(norman), single, mask="coherent", n_steps=10, progress_bar=False, calibrate=False
-    )
+    with ablations.variant("coherent mask").applied(norman_model):
+        pred = norman_model.predict(  # the mask mechanism itself: the uncalibrated model
+            _controls(norman), single, n_steps=10, progress_bar=False, calibrate=False
+        )
     assert abs((pred.X == 0).mean() - (real == 0).mean()) < 0.05
     r = np.corrcoef((pred.X != 0).mean(0), (real != 0).mean(0))[0, 1]
     assert r > 0.9, r
@@ -255,9 +262,10 @@ def test_coherent_masks_match_detection_of_seen_singles(norman_model, norman, si
 
 def test_coupled_masks_keep_each_cells_pattern(norman_model, norman):
     ctrl = _controls(norman)
-    pred = norman_model.predict(  # the mask mechanism itself: the uncalibrated model
-        ctrl, "KLF1", mask="coupled", n_steps=10, progress_bar=False, calibrate=False
-    )
+    with ablations.variant(mask="coupled").applied(norman_model):  # the method's mask
+        pred = norman_model.predict(  # the mask mechanism itself: the uncalibrated model
+            ctrl, "KLF1", n_steps=10, progress_bar=False, calibrate=False
+        )
     same = ((pred.X != 0) == (ctrl.X.toarray() != 0)).mean()
     assert same > 0.9  # most genes keep the control cell's on/off state
     real = norman[norman.obs["perturbation"] == "KLF1"].X.toarray()
@@ -266,7 +274,8 @@ def test_coupled_masks_keep_each_cells_pattern(norman_model, norman):
 
 def test_residual_prediction_of_control_returns_the_input(norman_model, norman):
     ctrl = norman[norman.obs["perturbation"] == "control"][:40]
-    same = norman_model.predict(ctrl, "control", residual="full", progress_bar=False)
+    with ablations.variant("full residual").applied(norman_model):
+        same = norman_model.predict(ctrl, "control", progress_bar=False)
     np.testing.assert_allclose(same.X, ctrl.X.toarray(), atol=1e-5)
     moved = norman_model.predict(ctrl, "KLF1", progress_bar=False)
     assert np.abs(moved.X - ctrl.X.toarray()).mean() > 1e-3

@@ -148,7 +148,7 @@ def test_morgan_setup_featurises_smiles_tokens_and_new_smiles_at_prediction():
     )
     model = DolorisModel(adata, **TINY)
     assert sorted(model.molecule_names_) == ["CCO", "c1ccccc1O"]
-    assert model.module_kwargs_["n_molecule_features"] == 2048
+    assert model.module_kwargs_["molecule_kwargs"]["n_features"] == 2048
     ctrl = adata[adata.obs["perturbation"] == "ctrl"][:5].copy()
     kwargs = {"n_steps": 2, "progress_bar": False}
     new = model.predict(ctrl, "CC(=O)O", dose=0.5, **kwargs)  # acetic acid: never seen
@@ -215,7 +215,7 @@ def test_learned_molecules_cannot_reach_unseen_ones_and_say_so():
     DolorisModel.setup_anndata(adata, perturbation_key="perturbation", dose_key="dose")
     model = DolorisModel(adata, **TINY)
     assert model.molecule_names_ == ["CCO", "c1ccccc1O"]  # learned, dose-gated molecules
-    assert model.module_kwargs_.get("n_molecule_features", 0) == 0
+    assert model.module_kwargs_.get("molecule_kwargs", {}).get("n_features", 0) == 0
     ctrl = adata[:3].copy()
     with pytest.raises(ValueError, match="cannot predict a molecule it was not trained on"):
         model.predict(ctrl, "CC(=O)O", dose=0.1, progress_bar=False)

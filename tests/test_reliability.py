@@ -12,7 +12,7 @@ import pytest
 import scvi
 from scipy import sparse
 
-from scdoloris import DolorisModel
+from scdoloris import DolorisModel, ablations
 
 SMALL = {"n_hidden": 32, "n_layers": 1, "n_cond": 16, "n_mask_hidden": 16, "n_graph_hidden": 8}
 
@@ -151,16 +151,19 @@ def test_backed_anndata_trains(tmp_path):
     # with every condition under the subsampling cap the statistics are those of memory
     DolorisModel.setup_anndata(adata, perturbation_key="perturbation")
     ref = DolorisModel(adata, n_hidden=16, n_layers=1, n_cond=8, n_mask_hidden=8)
-    for name in ("x_max", "control_mean", "control_std", "token_expressed_effect"):
+    from operator import attrgetter
+
+    names = ("x_max", "control_states.mean", "control_states.std", "prior.token_expressed_effect")
+    for name in names:
         np.testing.assert_allclose(
-            getattr(model.module, name), getattr(ref.module, name), rtol=1e-5, atol=1e-6
+            attrgetter(name)(model.module), attrgetter(name)(ref.module), rtol=1e-5, atol=1e-6
         )
 
 
 def test_backed_anndata_statistics_from_a_per_condition_sample(tmp_path, monkeypatch):
-    import scdoloris.model._doloris as doloris_model
+    import scdoloris.model._data as model_data
 
-    monkeypatch.setattr(doloris_model, "BACKED_CELLS_PER_CONDITION", 3)
+    monkeypatch.setattr(model_data, "BACKED_CELLS_PER_CONDITION", 3)
     adata = toy()
     adata.write_h5ad(tmp_path / "t.h5ad")
     backed = ad.read_h5ad(tmp_path / "t.h5ad", backed="r")
@@ -231,12 +234,13 @@ def test_load_in_a_fresh_process_gives_identical_predictions(tmp_path):
 def test_graph_mask_network_and_coherent_masks_on_toy_data():
     adata = toy()
     DolorisModel.setup_anndata(adata, perturbation_key="perturbation")
-    model = DolorisModel(adata, mask_network="graph", **SMALL)
+    model = ablations.variant("graph mask network").build(adata, **SMALL)
     model.train(max_epochs=2, enable_progress_bar=False, stage="all")
     model.train(max_epochs=1, enable_progress_bar=False, stage="mask")
     assert "mask_loss_train" in model.history
     ctrl = adata[adata.obs["perturbation"] == "ctrl"]
-    pred = model.predict(ctrl, ["g1", "g1+g2"], mask="coherent", n_steps=3, progress_bar=False)
+    with ablations.variant("coherent mask").applied(model):
+        pred = model.predict(ctrl, ["g1", "g1+g2"], n_steps=3, progress_bar=False)
     matched = pred.uns["scdoloris"]["mask_matched_conditions"]
     assert set(matched) == {"g1", "g1+g2"}
 
@@ -256,18 +260,19 @@ def test_a_model_saved_before_the_unseen_and_cell_type_priors_loads_with_them_of
     from scdoloris import DolorisModel
 
     adata, model = tiny_simulated_model(n_cells=150, n_genes=40)
-    model.module.unseen_detection_effect.fill_(1.0)
+    model.module.prior.unseen_detection_effect.fill_(1.0)
     model.is_trained_ = True  # saving needs no training
     model.save(str(tmp_path / "m"))
     path = tmp_path / "m" / "model.pt"
     saved = torch.load(path, weights_only=False)
+    saved["attr_dict"]["file_format_"] = 1  # as written by the earlier version (format 1)
     for key in ("unseen_expressed_effect", "unseen_detection_effect"):
-        del saved["model_state_dict"][key]  # as written by the earlier version
+        del saved["model_state_dict"][f"prior.{key}"]
     torch.save(saved, path)
     loaded = DolorisModel.load(str(tmp_path / "m"))
-    assert not loaded.module.unseen_detection_effect.any()  # off, as that version behaved
+    assert not loaded.module.prior.unseen_detection_effect.any()  # off, as that version behaved
     with pytest.raises(ValueError, match="unseen_prior must be one of"):
-        loaded.module.unseen_prior = "nonee"
+        loaded.module.prior.unseen = "nonee"
 
 
 @pytest.mark.parametrize(
@@ -278,12 +283,13 @@ def test_a_conditions_cells_do_not_depend_on_the_other_conditions_of_the_call(ma
     adata = toy(n_per=30)
     model = trained(adata)
     ctrl = adata[adata.obs["perturbation"] == "ctrl"].copy()
-    settings = {"seed": 0, "n_steps": 3, "mask": mask, "start": start, "progress_bar": False}
+    settings = {"seed": 0, "n_steps": 3, "progress_bar": False}
     settings["batch_size"] = 7  # several batches: the streams run across them
-    many = model.predict(ctrl, ["g1", "g2+g1", "g2"], **settings)
-    alone = model.predict(ctrl, "g1+g2", **settings)
+    with ablations.variant(mask=mask, start=start).applied(model):
+        many = model.predict(ctrl, ["g1", "g2+g1", "g2"], **settings)
+        alone = model.predict(ctrl, "g1+g2", **settings)
+        first = model.predict(ctrl, ["g2", "g1"], **settings)
     np.testing.assert_array_equal(many[many.obs["perturbation"] == "g1+g2"].X, alone.X)
-    first = model.predict(ctrl, ["g2", "g1"], **settings)
     np.testing.assert_array_equal(
         first[first.obs["perturbation"] == "g1"].X, many[many.obs["perturbation"] == "g1"].X
     )
@@ -334,9 +340,14 @@ def test_sigterm_keeps_the_epochs_and_exits_non_zero(tmp_path):
 # ---------------------------------------------------------------- the saved file format
 # DolorisModule's keyword arguments in the current FILE_FORMAT. A save records module_kwargs_,
 # which an older scdoloris passes to its own DolorisModule: when this list changes, bump
-# FILE_FORMAT in src/scdoloris/model/_doloris.py (older versions then refuse the new files with
+# FILE_FORMAT in src/scdoloris/model/_file_format.py (older versions then refuse the new files with
 # a clear message) and update the list here.
 MODULE_KWARGS = {
+    3: {
+        "ablation", "cell_type_dropout", "data", "denoiser_kwargs", "graph_kwargs", "mask_kwargs",
+        "molecule_kwargs", "n_cell_types", "n_cond", "n_genes", "n_timesteps", "n_vocab",
+        "share_trunk",
+    },
     2: {
         "cell_type_dropout", "cell_type_prior", "dropout", "mask_control_state", "mask_network",
         "n_cell_types", "n_cond", "n_dose_levels", "n_edges", "n_gene_edges", "n_genes",

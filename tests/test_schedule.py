@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from scdoloris.module._losses import expressed_mask, mask_bce, masked_mse
-from scdoloris.module._schedule import (
+from scdoloris.module._bridge import (
     DiffusionSchedule,
     alphas_cumprod,
     ddim_decode,
@@ -17,6 +16,7 @@ from scdoloris.module._schedule import (
     predicted_noise,
     q_sample,
 )
+from scdoloris.module._losses import expressed_mask, mask_bce, masked_mse
 
 
 def test_linear_betas_and_alpha_bar_by_hand():

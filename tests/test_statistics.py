@@ -1,9 +1,9 @@
-"""Data-derived statistics: the additive prior's per-token effects, by hand."""
+"""The additive prior: its per-token effects by hand, and what it adds for a cell."""
 
 import numpy as np
 import pytest
 
-from scdoloris.model._statistics import _logit, compositional_effects
+from scdoloris.module._prior import _logit, compositional_effects
 
 
 def test_single_token_effect_is_its_measured_change_on_expressed_values():
@@ -45,7 +45,7 @@ def test_logit_is_smoothed():
 
 
 def test_unseen_token_effect_is_the_leave_one_out_scaled_mean():
-    from scdoloris.model._statistics import shrunk_mean_effect
+    from scdoloris.module._prior import shrunk_mean_effect
 
     # effects 2, 1, 3 on one gene: leave-one-out means 2, 2.5, 1.5;
     # alpha = (2*2 + 1*2.5 + 3*1.5) / (4 + 6.25 + 2.25) = 11 / 12.5 = 0.88; mean 2
@@ -62,39 +62,35 @@ def test_unseen_token_effect_is_the_leave_one_out_scaled_mean():
 def test_center_adds_the_unseen_effect_once_per_unseen_gene_token():
     import torch
 
-    from scdoloris.module import DolorisModule
+    from scdoloris.module import AdditivePrior
 
-    module = DolorisModule(3, 1, 2, 4, 2, 4, n_hidden=8, n_layers=1, n_cond=4, unseen_prior="both")
-    module.set_effects(
-        torch.zeros(1, 3),
-        torch.zeros(1, 3),
-        torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]),
-        torch.zeros(2, 3),
-        torch.tensor([0.0, 0.0, 0.5]),
-        torch.tensor([0.0, 0.0, 2.0]),
-    )
+    prior = AdditivePrior(n_cell_types=1, n_vocab=2, n_genes=3)
+    prior.unseen = "both"
+    prior.token_expressed_effect.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+    prior.unseen_expressed_effect.copy_(torch.tensor([0.0, 0.0, 0.5]))
+    prior.unseen_detection_effect.copy_(torch.tensor([0.0, 0.0, 2.0]))
     cell_type = torch.zeros(3, dtype=torch.long)
     vocab = torch.tensor([[0, -1], [-1, -1], [0, -1]])
     # cell 0: seen token 0 only; cell 1: one unseen gene (node 3); cell 2: seen 0 + unseen node 2
     nodes = torch.tensor([[0, -1], [3, -1], [0, 2]])
-    center = module.center(cell_type, vocab, None, nodes)
+    center = prior.expressed(cell_type, vocab, nodes)
     np.testing.assert_allclose(center.numpy(), [[1, 0, 0], [0, 0, 0.5], [1, 0, 0.5]])
-    offset = module.detection_offset(vocab, None, nodes)
+    offset = prior.detection(cell_type, vocab, nodes)
     np.testing.assert_allclose(offset.numpy(), [[0, 0, 0], [0, 0, 2], [0, 0, 2]])
     # without node indices (training, encoding) unseen tokens cannot occur: nothing added
-    np.testing.assert_allclose(module.center(cell_type, vocab).numpy()[1], [0, 0, 0])
+    np.testing.assert_allclose(prior.expressed(cell_type, vocab).numpy()[1], [0, 0, 0])
     # the default: detection logits only
-    module.unseen_prior = "detection"
-    np.testing.assert_allclose(module.center(cell_type, vocab, None, nodes).numpy()[1], 0.0)
-    np.testing.assert_allclose(module.detection_offset(vocab, None, nodes).numpy()[1], [0, 0, 2])
+    prior.unseen = "detection"
+    np.testing.assert_allclose(prior.expressed(cell_type, vocab, nodes).numpy()[1], 0.0)
+    np.testing.assert_allclose(prior.detection(cell_type, vocab, nodes).numpy()[1], [0, 0, 2])
     # the option off: the effects are kept but not added
-    module.unseen_prior = "none"
-    np.testing.assert_allclose(module.center(cell_type, vocab, None, nodes).numpy()[1], 0.0)
-    np.testing.assert_allclose(module.detection_offset(vocab, None, nodes).numpy()[1], 0.0)
+    prior.unseen = "none"
+    np.testing.assert_allclose(prior.expressed(cell_type, vocab, nodes).numpy()[1], 0.0)
+    np.testing.assert_allclose(prior.detection(cell_type, vocab, nodes).numpy()[1], 0.0)
 
 
 def test_cell_type_effects_transfer_from_the_most_alike_cell_types():
-    from scdoloris.model._statistics import cell_type_effects
+    from scdoloris.module._prior import cell_type_effects
 
     # three cell types on 2 genes: controls of types 0 and 1 alike, type 2 far away.
     # token 0 raises gene 0 by 1 in types 0 and 1 and lowers it by 1 in type 2.

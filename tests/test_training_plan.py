@@ -1,4 +1,5 @@
-"""The training plan's learning-rate schedules."""
+"""The training plan's learning-rate schedules (``train(plan_kwargs=...)``; ``"cosine"`` is the
+ablation "cosine lr")."""
 
 from __future__ import annotations
 
@@ -35,9 +36,7 @@ def test_learning_rates_seen_by_the_optimiser(tiny_simulated_model, schedule):
     model.train(
         max_steps=10,
         batch_size=64,
-        lr=1e-3,
-        mask_lr=2e-3,
-        lr_schedule=schedule,
+        plan_kwargs={"lr": 1e-3, "mask_lr": 2e-3, "lr_schedule": schedule},
         enable_progress_bar=False,
         callbacks=[seen],
     )

@@ -15,6 +15,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 from ._perturbation import normalize_perturbation, parse_perturbation  # noqa: E402
 
 _SUBMODULES = {
+    "ablations",
     "baselines",
     "datasets",
     "metrics",
@@ -27,6 +28,7 @@ _SUBMODULES = {
 
 __all__ = [
     "DolorisModel",
+    "ablations",
     "baselines",
     "datasets",
     "metrics",

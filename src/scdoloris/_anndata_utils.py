@@ -217,3 +217,15 @@ def prediction_anndata(
     if uns:
         out.uns["scdoloris"] = dict(uns)
     return out
+
+
+def did_you_mean(name: str, choices: Sequence[str]) -> str:
+    """``". Did you mean [...]?"`` with close spellings of ``name``, else ``"."``.
+
+    Examples
+    --------
+    >>> did_you_mean("KLF2", ["KLF1", "GATA1"])
+    ". Did you mean ['KLF1']?"
+    """
+    hits = close_matches(name, choices)
+    return f". Did you mean {hits}?" if hits else "."

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-__all__ = ["parse_perturbation", "normalize_perturbation", "format_tokens"]
+import numpy as np
+
+__all__ = ["control_rows", "format_tokens", "normalize_perturbation", "parse_perturbation"]
 
 
 def _as_control_set(control_group: str | Sequence[str]) -> set[str]:
@@ -103,3 +105,15 @@ def normalize_perturbation(
     return format_tokens(
         parse_perturbation(perturbation, control_group, delimiter), first_control, delimiter
     )
+
+
+def control_rows(tokens) -> np.ndarray:
+    """Which rows of a token matrix (cells x max_tokens vocabulary indices, ``-1`` padding) are
+    control cells: no token at all.
+
+    Examples
+    --------
+    >>> control_rows(np.array([[0, -1], [-1, -1]])).tolist()
+    [False, True]
+    """
+    return (np.asarray(tokens) == -1).all(1)

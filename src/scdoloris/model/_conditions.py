@@ -14,9 +14,7 @@ def _optional(values: pd.Series) -> list:
     return [None if pd.isna(v) else v for v in values.tolist()]
 
 
-def predict_table(
-    model, adata_ctrl, table: pd.DataFrame, cell_type, dose, settings: dict
-) -> ad.AnnData:
+def predict_table(model, adata_ctrl, table: pd.DataFrame, cell_type, dose, options) -> ad.AnnData:
     """Predict every row of ``table`` (perturbation, optional dose and cell type) from the controls.
 
     Rows sharing a cell type are predicted together (one encoding of the controls); the blocks
@@ -33,8 +31,8 @@ def predict_table(
         The conditions: a ``perturbation`` column, optional ``dose`` and ``cell_type`` columns.
     cell_type, dose
         ``predict``'s arguments; only allowed when the table lacks the column.
-    settings
-        The other arguments of ``predict``.
+    options
+        The other arguments of ``predict`` (:class:`~._prediction.PredictOptions`).
     """
     columns = [str(c) for c in table.columns]
     unknown = sorted(set(columns) - set(CONDITION_COLUMNS))
@@ -64,9 +62,6 @@ def predict_table(
     for row, ct in enumerate(cell_types):
         groups.setdefault(None if ct is None else str(ct), []).append(row)
 
-    skip = {"self", "adata_ctrl", "perturbation", "cell_type", "dose", "include_controls"}
-    include_controls = bool(settings.get("include_controls", False))
-    settings = {k: v for k, v in settings.items() if k not in skip}
     blocks: dict[int, ad.AnnData] = {}
     uns: dict = {}
     for ct, rows in groups.items():
@@ -75,7 +70,7 @@ def predict_table(
             [perturbations[r] for r in rows],
             cell_type=ct,
             dose=[doses[r] for r in rows],
-            **settings,
+            **options.kwargs(include_controls=False),
         )
         uns = uns or dict(pred.uns["scdoloris"])
         n = pred.n_obs // len(rows)
@@ -97,8 +92,8 @@ def predict_table(
         "cell_type": ["" if ct is None else str(ct) for ct in cell_types],
     }
     out.uns["scdoloris"] = uns
-    if include_controls:
-        out = _append_controls(model, out, adata_ctrl, groups, settings.get("layer", "setup"))
+    if options.include_controls:
+        out = _append_controls(model, out, adata_ctrl, groups, options.layer)
     return out
 
 

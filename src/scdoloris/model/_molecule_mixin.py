@@ -67,6 +67,11 @@ class MoleculeDoseMixin:
         return labels.astype(str)
 
     @property
+    def _n_molecule_features(self) -> int:
+        """Width of the molecule feature table (0: molecules are learned tokens, or none)."""
+        return int(self.module_kwargs_.get("molecule_kwargs", {}).get("n_features", 0))
+
+    @property
     def has_doses(self) -> bool:
         """Whether the model has molecule tokens with doses (``predict`` then needs ``dose=``)."""
         return getattr(self, "dose_range_", None) is not None
@@ -95,7 +100,7 @@ class MoleculeDoseMixin:
             return names.index(token)
         if token in new_molecules:
             return len(names) + list(new_molecules).index(token)
-        width = int(self.module_kwargs_.get("n_molecule_features", 0))
+        width = self._n_molecule_features
         if width == 0:
             return PAD
         row = None
@@ -120,7 +125,7 @@ class MoleculeDoseMixin:
         """What to do about a token the model cannot embed, for the model's kind of molecules."""
         if not getattr(self, "molecule_names_", None):
             return ""
-        if int(self.module_kwargs_.get("n_molecule_features", 0)) == 0:
+        if self._n_molecule_features == 0:
             return (
                 " This model learns one embedding per molecule (it was set up with "
                 "molecule_features=None), so it cannot predict a molecule it was not trained "

@@ -136,7 +136,7 @@ class MuDataMixin:
         """
         from mudata import MuData
 
-        from ._doloris import _validate_setup
+        from ._setup import validate_setup
 
         setup_method_args = cls._get_setup_method_args(**locals())
         if not isinstance(mdata, MuData):
@@ -157,7 +157,7 @@ class MuDataMixin:
         if kwargs.get("source_registry") is None:
             keys = (perturbation_key, cell_type_key, dose_key)
             view = expression_view(mdata, rna_modality, {k: k for k in keys})
-            _validate_setup(
+            validate_setup(
                 view, perturbation_key, control_group, cell_type_key, layer, combination_delimiter
             )
             tokens = tokenize_column(

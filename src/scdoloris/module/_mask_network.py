@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._gene_graph import GATLayers
+
 
 class MaskNetwork(nn.Module):
     """MLP over the control-state input and the condition, giving one logit per gene.
@@ -48,13 +50,15 @@ class MaskNetwork(nn.Module):
 
 
 class GeneGraphMaskNetwork(nn.Module):
-    """Graph-attention mask network over the genes of each cell (METHOD.md's mask model).
+    """Graph-attention mask network over the genes of each cell (the ablation "graph mask
+    network", ``scdoloris.ablations``).
 
     Each gene of a cell is a node with features: a learned gene embedding plus a projection of
     its fixed gene features, plus an encoding of its control-state value, plus the condition
     (cell type and perturbation, added to every node). Perturbed genes that are measured have
-    their node replaced by a learned knockout token. Two graph-attention layers over the gene
-    graph and a per-gene read-out give logits, to which ``w * control_state + b`` is added.
+    their node replaced by a learned knockout token (:func:`knocked_genes`). Two residual
+    graph-attention layers (:class:`~scdoloris.module.GATLayers`) over the gene graph and a
+    per-gene read-out give logits, to which ``w * control_state + b`` is added.
     Unlike the perturbation encoder this depends on the cell, so it runs on the batch's
     ``cells x genes`` nodes at once (one graph of ``batch * genes`` nodes).
 
@@ -87,8 +91,6 @@ class GeneGraphMaskNetwork(nn.Module):
         heads: int = 2,
     ):
         super().__init__()
-        from torch_geometric.nn import GATConv
-
         self.n_genes = n_genes
         self.register_buffer("gene_features", torch.zeros(n_genes, max(n_gene_features, 1)))
         self.register_buffer("edge_index", torch.zeros(2, n_edges, dtype=torch.long))
@@ -99,10 +101,7 @@ class GeneGraphMaskNetwork(nn.Module):
         )
         self.cond_proj = nn.Linear(n_cond, n_hidden)
         self.knockout_token = nn.Parameter(torch.randn(n_hidden) * 0.1)
-        self.gat1 = GATConv(n_hidden, n_hidden // heads, heads=heads, add_self_loops=False)
-        self.norm1 = nn.LayerNorm(n_hidden)
-        self.gat2 = GATConv(n_hidden, n_hidden // heads, heads=heads, add_self_loops=False)
-        self.norm2 = nn.LayerNorm(n_hidden)
+        self.layers = GATLayers(n_hidden, heads, residual=True)
         self.readout = nn.Linear(n_hidden, 1)
         self.state_scale = nn.Parameter(torch.ones(n_genes))
         self.bias = nn.Parameter(torch.zeros(n_genes))
@@ -122,7 +121,20 @@ class GeneGraphMaskNetwork(nn.Module):
         e = self.edge_index.shape[1]
         offsets = (torch.arange(b, device=h.device) * g).repeat_interleave(e)
         edges = self.edge_index.repeat(1, b) + offsets
-        h = h + torch.relu(self.norm1(self.gat1(h, edges)))
-        h = h + torch.relu(self.norm2(self.gat2(h, edges)))
+        h = self.layers(h, edges)
         logits = self.readout(h).reshape(b, g)
         return logits + self.state_scale * control_state + self.bias
+
+
+def knocked_genes(node_idx: torch.Tensor, n_genes: int) -> torch.Tensor:
+    """Cells x genes boolean: which measured genes each cell's perturbation targets.
+
+    Examples
+    --------
+    >>> knocked_genes(torch.tensor([[1, -1], [5, 0]]), 3).tolist()
+    [[False, True, False], [True, False, False]]
+    """
+    knocked = torch.zeros(node_idx.shape[0], n_genes + 1, dtype=torch.bool, device=node_idx.device)
+    target = torch.where((node_idx >= 0) & (node_idx < n_genes), node_idx, n_genes)
+    knocked.scatter_(1, target, True)
+    return knocked[:, :n_genes]

@@ -1,10 +1,21 @@
-"""Coherent activation mask sampling (the authors' "subset matching")."""
+"""Mask sampling: how the mask network's probabilities become each predicted cell's expressed genes.
+
+Every sampler has the same two passes (:class:`MaskSampler`): :meth:`~MaskSampler.plan`, once
+per condition and cell type from the mean predicted probabilities of the input cells, then
+:meth:`~MaskSampler.draw`, one mask per predicted cell, batch by batch, from the condition's
+random stream. :class:`CoupledMaskSampler` is the method's: each control cell keeps its own
+pattern of expressed genes, changed as little as the predicted detection rates need.
+:class:`CoherentMaskSampler` is the paper's "subset matching" (real masks of the nearest
+training condition) and :class:`BernoulliMaskSampler` independent draws, both ablations
+(:mod:`scdoloris.ablations`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 
 @dataclass
@@ -117,7 +128,114 @@ def nearest_condition(mean_activation: np.ndarray, p: np.ndarray, top_genes: int
     return int(np.argmin(dist))
 
 
-class CoherentMaskSampler:
+class MaskSampler:
+    """The interface of the mask samplers: a plan per cell type, then one mask per cell.
+
+    Attributes
+    ----------
+    uses_plan
+        :meth:`plan` is needed (the mean probabilities of a first pass over the input).
+    uses_detection_rates
+        :meth:`plan` needs the input cells' detection rates.
+    uses_probabilities
+        :meth:`draw` needs each cell's probabilities.
+    """
+
+    uses_plan = True
+    uses_detection_rates = False
+    uses_probabilities = False
+
+    def plan(
+        self,
+        probabilities: dict[int, np.ndarray],
+        detection_rates: np.ndarray | None = None,
+        reference: dict[int, np.ndarray] | None = None,
+    ) -> dict[int, tuple]:
+        """What :meth:`draw` needs, per cell type (code).
+
+        Parameters
+        ----------
+        probabilities
+            Per cell type: the mean predicted probability of each gene over the input cells.
+        detection_rates
+            Cell types x genes: the fraction of input cells expressing each gene.
+        reference
+            Per cell type: the mean probabilities under the control token, to move the input's
+            rates by the predicted change instead of to the predicted rates (the ablation
+            ``residual="full"``).
+        """
+        raise NotImplementedError
+
+    def draw(
+        self,
+        plan: dict[int, tuple] | None,
+        x: np.ndarray,
+        codes: np.ndarray,
+        generator: torch.Generator,
+        probabilities: torch.Tensor | None = None,
+    ) -> np.ndarray | torch.Tensor:
+        """One mask per cell of ``x`` (input cells x genes, cell-type ``codes``), drawn from
+        ``generator``: 1 where the gene is expressed."""
+        keep = np.zeros(x.shape, dtype=np.float32)
+        for c in np.unique(codes):
+            rows = np.flatnonzero(codes == c)
+            keep[rows] = self._draw(plan[int(c)], x[rows], generator)
+        return keep
+
+    def _draw(self, plan: tuple, x: np.ndarray, generator: torch.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+
+class CoupledMaskSampler(MaskSampler):
+    """Each cell keeps its own expression pattern, changed as little as the rates need.
+
+    A gene expressed in the input cell stays expressed with probability ``min(1, p / q)``, a
+    silent one switches on with probability ``max(0, (p - q) / (1 - q))``, where ``q`` is the
+    input cells' detection rate and ``p`` the predicted one: the group's rates move from ``q``
+    to ``p`` while each cell changes as little as possible.
+
+    Examples
+    --------
+    >>> sampler = CoupledMaskSampler()
+    >>> plan = sampler.plan({0: np.array([0.5, 1.0])}, np.array([[1.0, 0.5]]))
+    >>> [a.tolist() for a in plan[0]]
+    [[0.5, 1.0], [0.0, 1.0]]
+    """
+
+    uses_detection_rates = True
+
+    def plan(self, probabilities, detection_rates=None, reference=None):
+        plans = {}
+        for c, p in probabilities.items():
+            q = detection_rates[c]
+            if reference is not None:
+                p = np.clip(q + p - reference[c], 0.0, 1.0)
+            keep = np.where(q > 0, np.minimum(1.0, p / np.maximum(q, 1e-12)), 0.0)
+            switch_on = np.where(q < 1, np.maximum(0.0, (p - q) / np.maximum(1 - q, 1e-12)), 0.0)
+            plans[c] = (keep.astype(np.float32), switch_on.astype(np.float32))
+        return plans
+
+    def _draw(self, plan, x, generator):
+        p_keep, p_on = plan
+        u = torch.rand((x.shape[0], x.shape[1]), generator=generator).numpy()
+        return np.where(x != 0, u < p_keep, u < p_on)
+
+
+class BernoulliMaskSampler(MaskSampler):
+    """Each gene of each cell expressed independently with its predicted probability."""
+
+    uses_plan = False
+    uses_probabilities = True
+
+    def plan(self, probabilities, detection_rates=None, reference=None):
+        return {}
+
+    def draw(self, plan, x, codes, generator, probabilities=None):
+        draw = torch.rand(probabilities.shape, generator=generator).to(probabilities.device)
+        return draw < probabilities
+
+
+class CoherentMaskSampler(MaskSampler):
     """Draw whole, real expression patterns for predicted cells.
 
     Independent Bernoulli draws per gene ignore which genes are expressed together. Instead, the
@@ -164,6 +282,18 @@ class CoherentMaskSampler:
         i = nearest_condition(self.bank.mean_activation, p, self.top_genes)
         return self.bank.masks(i), p >= self.high, p <= self.low, self.bank.conditions[i]
 
+    def plan(self, probabilities, detection_rates=None, reference=None):
+        """Per cell type: :meth:`match` of its mean probabilities."""
+        return {c: self.match(p) for c, p in probabilities.items()}
+
+    def _draw(self, plan, x, generator):
+        masks, on, off, _ = plan
+        pick = torch.randint(0, masks.shape[0], (x.shape[0],), generator=generator).numpy()
+        chosen = masks[pick]
+        chosen[:, on] = True
+        chosen[:, off] = False
+        return chosen
+
     def sample(self, probabilities: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, str]:
         """One mask per row of ``probabilities`` (cells x genes); returns masks and the match."""
         pool, on, off, label = self.match(probabilities.mean(0))
@@ -171,3 +301,20 @@ class CoherentMaskSampler:
         masks[:, on] = True
         masks[:, off] = False
         return masks, label
+
+
+def mask_sampler(
+    mode: str,
+    bank: MaskBank | None = None,
+    top_genes: int = 300,
+    thresholds: tuple[float, float] = (0.01, 0.99),
+) -> MaskSampler | None:
+    """The sampler of a ``mask`` mode: ``"coupled"``, ``"coherent"`` (needs the ``bank``),
+    ``"bernoulli"``, or ``"none"`` (None: no mask)."""
+    if mode == "coupled":
+        return CoupledMaskSampler()
+    if mode == "coherent":
+        return CoherentMaskSampler(bank, top_genes, thresholds)
+    if mode == "bernoulli":
+        return BernoulliMaskSampler()
+    return None

@@ -1,4 +1,4 @@
-"""Apply a predicted change to the input cells (``DolorisModel.predict(residual=True)``)."""
+"""The residual: the input cells moved by the predicted change (``DolorisModel.predict``)."""
 
 from __future__ import annotations
 

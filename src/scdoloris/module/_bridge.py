@@ -1,7 +1,9 @@
-"""The diffusion schedule and the deterministic DDIM step (x0-parametrisation).
+"""The bridge: the diffusion schedule, the deterministic DDIM step and the two ODE runs.
 
-Everything here is a small pure function of tensors so that unit tests can pin it to values
-computed by hand.
+A prediction encodes a control cell with the source model (:func:`encode`, the DDIM ODE from
+the data up to the Gaussian latent) and decodes the latent with the target model
+(:func:`decode`, down again). The DDIM arithmetic is small pure functions of tensors, so that
+unit tests can pin it to values computed by hand; the networks come in as ``x0_fn(x_t, t)``.
 """
 
 from __future__ import annotations
@@ -213,3 +215,79 @@ def ddim_decode(x_latent: torch.Tensor, x0_fn, alpha_bar: torch.Tensor, timestep
     for t_from, t_to in zip(ts[:0:-1], ts[-2::-1], strict=True):
         x = ddim_step(x, x0_fn(x, t_from), alpha_bar[t_from], alpha_bar[t_to])
     return x
+
+
+def bridge_end(n_timesteps: int, depth: float = 1.0) -> int:
+    """The last timestep of a bridge through the fraction ``depth`` of the diffusion time.
+
+    Examples
+    --------
+    >>> bridge_end(500, 1.0), bridge_end(500, 0.5)
+    (499, 250)
+    """
+    if not 0.0 < depth <= 1.0:
+        raise ValueError(f"depth must be in (0, 1], got {depth}.")
+    return max(1, round(depth * (n_timesteps - 1)))
+
+
+def encode(
+    x0: torch.Tensor,
+    x0_fn,
+    schedule: DiffusionSchedule,
+    sigma_data: float,
+    n_steps: int = 50,
+    depth: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """DDIM run backwards through the source model: clean cells to the Gaussian latent.
+
+    ``depth`` is the fraction of the diffusion time the bridge goes through: 1 (the paper)
+    reaches the Gaussian latent at t = T - 1; less stops at an intermediate noise level, where
+    more of the cell survives (decode with the same ``depth``).
+
+    The run starts from the cell noised to the data's own scale (noise-to-signal ratio
+    ``sigma_data``, t ~ 20 of 500 on the Norman data; the noise drawn from ``generator``) and
+    is deterministic from there. This dequantises the zeros: a gene that is zero in most cells
+    is a point mass, which a deterministic inversion maps to one latent value (per-gene latent
+    std ~0.1 measured on the Norman controls), while the light noise gives it a standard-normal
+    latent (std ~0.8) and keeps the cell's identity (decoding back through the source correlates
+    0.92 with the input on expressed entries).
+
+    Parameters
+    ----------
+    x0
+        Clean cells (cells x genes) on the model's scale, minus the prior's centre.
+    x0_fn
+        ``x0_fn(x_t, t)`` with ``t`` an integer timestep: the source model's prediction.
+    schedule
+        The diffusion schedule.
+    sigma_data
+        The standard deviation of the data (on the model's scale).
+    n_steps
+        DDIM steps.
+    depth
+        Fraction of the diffusion time, in (0, 1].
+    generator
+        Random generator of the light noise (CPU).
+    """
+    alpha_bar = schedule.alpha_bar
+    t_start = noise_level_timestep(alpha_bar, float(sigma_data))
+    ts = ddim_timesteps(
+        schedule.n_timesteps, n_steps, t_start, bridge_end(schedule.n_timesteps, depth)
+    )
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    x_start = q_sample(x0, alpha_bar[ts[0]], noise)
+    return ddim_encode(x_start, x0_fn, alpha_bar, ts)
+
+
+def decode(
+    latent: torch.Tensor,
+    x0_fn,
+    schedule: DiffusionSchedule,
+    n_steps: int = 50,
+    depth: float = 1.0,
+) -> torch.Tensor:
+    """DDIM run forwards through the target model: latents down to clean cells (see
+    :func:`encode`; ``x0_fn`` is the target model's prediction)."""
+    ts = ddim_timesteps(schedule.n_timesteps, n_steps, 0, bridge_end(schedule.n_timesteps, depth))
+    return ddim_decode(latent, x0_fn, schedule.alpha_bar, ts)
