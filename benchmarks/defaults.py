@@ -13,9 +13,11 @@ Usage::
     python benchmarks/defaults.py --tasks norman_pairs,kang_cell_type \\
         --train "steps=250" "steps=600" "steps=2000" --predict "n_steps=10" "n_steps=50"
 
-``--train`` settings: ``steps=N`` (optimisation steps) and module keyword arguments
-(``prior=none``); ``--predict``: keyword arguments of ``predict`` (``n_steps=20``,
-``residual=none``). Each is a comma-separated ``key=value`` list; ``""`` is the default. The
+``--train`` settings: ``steps=N`` (optimisation steps), switches of ``scdoloris.ablations``
+(``prior=none``, ``lr_schedule=cosine``) and module keyword arguments (``n_timesteps=250``);
+``--predict``: keyword arguments of ``predict`` (``n_steps=20``) and prediction switches of
+``scdoloris.ablations`` (``residual=none``). Each is a comma-separated ``key=value`` list; ``""``
+is the default. The
 table printed (and written to ``--out``) gives, per setting, the mean over inner conditions of
 the uncalibrated model's E-distance and EMD and of the calibrated prediction's (the
 calibration fitted on the same inner scores), per task kind and over all.
@@ -50,6 +52,15 @@ def parse_setting(text: str) -> dict:
     return out
 
 
+def split_setting(text: str):
+    """A setting as ``(ablation variant, other keyword arguments)``."""
+    from scdoloris import ablations
+
+    setting = parse_setting(text)
+    switches = {k: setting.pop(k) for k in list(setting) if k in ablations.SWITCHES}
+    return ablations.variant(switches), setting
+
+
 def study_fold(fold, seed: int, train_settings: list[str], predict_settings: list[str]):
     """Rows of inner scores for one fold and seed, per training and prediction setting."""
     import scvi
@@ -66,11 +77,14 @@ def study_fold(fold, seed: int, train_settings: list[str], predict_settings: lis
     rows = []
     base_module = dict(model._init_arguments["module_kwargs"])
     for train_text in train_settings:
-        setting = parse_setting(train_text)
+        variant, setting = split_setting(train_text)
         steps = setting.pop("steps", None)
-        model._init_arguments["module_kwargs"] = {**base_module, **setting}
+        module_kwargs = {**base_module, **setting, **variant.model_kwargs()}
+        model._init_arguments["module_kwargs"] = module_kwargs
         scvi.settings.seed = seed
         kwargs = {"enable_progress_bar": False, "batch_size": 128}
+        if variant.plan:
+            kwargs["plan_kwargs"] = dict(variant.plan)
         n_batches = int(np.ceil(adata.n_obs / 128))
         if steps is None:
             steps = model_default_steps()
@@ -80,7 +94,9 @@ def study_fold(fold, seed: int, train_settings: list[str], predict_settings: lis
         train_s = time.perf_counter() - start
         for predict_text in predict_settings:
             start = time.perf_counter()
-            scores = model._score_inner(inner, split, seed, **parse_setting(predict_text))
+            variant, setting = split_setting(predict_text)
+            with variant.applied(inner):
+                scores = model._score_inner(inner, split, seed, **setting)
             predict_s = time.perf_counter() - start
             calibration = Calibration.fit(scores)
             for cond, frame in scores.groupby("condition"):

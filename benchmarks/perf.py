@@ -12,8 +12,8 @@ What is measured, per (preset, n_genes, n_cells):
   callback over the ``timed`` steps after ``warmup`` steps (data loading, forward, backward
   and the optimiser step; not setup or the control bank);
 * prediction throughput: cells/s of ``model.predict`` with 50 + 50 DDIM steps (encode, decode),
-  the coupled mask and ``residual="none"`` on ``n_predict`` control cells, and of the bare DDIM
-  loop (``module.encode`` + ``module.decode``) on the same cells;
+  the coupled mask and the ablation "no residual" on ``n_predict`` control cells, and of the
+  bare DDIM loop (``module.encode`` + ``module.decode``) on the same cells;
 * contention: the same training and prediction throughputs again beside one busy process (a
   single-threaded pure-Python loop in another process, ``contention.busy_process``, running
   for the duration of the measurement), and the slowdown (busy time / idle time); the torch
@@ -241,16 +241,18 @@ def phase_train(cfg: PerfConfig, preset: str, n_genes: int, n_cells: int) -> dic
 
 def predict_seconds(model, ctrl, pert: str, cfg: PerfConfig, num_threads=None) -> float:
     """Seconds of ``model.predict`` on ``ctrl`` (coupled mask, no residual), after a warm-up."""
+    from scdoloris import ablations
+
     kw = {
         "n_steps": cfg.n_steps,
         "batch_size": cfg.predict_batch,
         "progress_bar": False,
-        "residual": "none",
         "num_threads": num_threads,
     }
-    model.predict(ctrl[: min(8, ctrl.n_obs)], pert, **kw)  # warm-up
-    t0 = time.perf_counter()
-    model.predict(ctrl, pert, **kw)
+    with ablations.variant("no residual").applied(model):
+        model.predict(ctrl[: min(8, ctrl.n_obs)], pert, **kw)  # warm-up
+        t0 = time.perf_counter()
+        model.predict(ctrl, pert, **kw)
     return time.perf_counter() - t0
 
 
@@ -324,10 +326,11 @@ def ddim_loop_seconds(
     import torch
 
     from scdoloris._threads import torch_threads
+    from scdoloris.model._prediction import slice_condition
 
     module = model.module
     X = np.asarray(ctrl.X.toarray() if hasattr(ctrl.X, "toarray") else ctrl.X, np.float32)
-    indices = model._token_indices(tuple(pert.split("+")))
+    indices = model._lookup_tokens(tuple(pert.split("+")))
     cond = model._condition_tensors(indices, None, X.shape[0])
     t0 = time.perf_counter()
     with torch.inference_mode(), torch_threads(num_threads):
@@ -336,7 +339,7 @@ def ddim_loop_seconds(
             x = torch.from_numpy(X[sl])
             ct = torch.zeros(x.shape[0], dtype=torch.long)
             latent = module.encode(x, ct, n_steps)
-            module.decode(latent, x, ct, n_steps=n_steps, **model._slice_condition(cond, sl, "cpu"))
+            module.decode(latent, x, ct, n_steps=n_steps, **slice_condition(cond, sl, "cpu"))
     return time.perf_counter() - t0
 
 
@@ -400,7 +403,7 @@ def phase_ratios(cfg: PerfConfig) -> dict:
     for enc in encoders:
         del enc.node_embeddings
     enc = module.condition.perturbation
-    _, node_idx = module.token_indices(tensors[REGISTRY_KEYS.TOKENS_KEY])
+    _, node_idx, _, _ = module.batch_tokens(tensors[REGISTRY_KEYS.TOKENS_KEY])
     needed = node_idx[node_idx != -1].unique()
     subset, sub_edges, _, _ = k_hop_subgraph(
         needed,
@@ -499,15 +502,13 @@ def phase_large_predict(cfg: PerfConfig) -> dict:
     del adata
     input_mb = (big.X.data.nbytes + big.X.indices.nbytes + big.X.indptr.nbytes) / 2**20
     rss_before = peak_rss_mb()
+    from scdoloris import ablations
+
     t0 = time.perf_counter()
-    pred = model.predict(
-        big,
-        pert,
-        n_steps=cfg.large_n_steps,
-        batch_size=cfg.predict_batch,
-        residual="none",
-        progress_bar=False,
-    )
+    with ablations.variant("no residual").applied(model):
+        pred = model.predict(
+            big, pert, n_steps=cfg.large_n_steps, batch_size=cfg.predict_batch, progress_bar=False
+        )
     seconds = time.perf_counter() - t0
     return {
         "n_cells": big.n_obs,

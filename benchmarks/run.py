@@ -46,13 +46,10 @@ DOLORIS = "Doloris"
 UNCALIBRATED = "Doloris uncalibrated"
 BASELINES = ("NoChange", "MeanShift", "Additive")
 FLOOR = "Split-half floor"
-# retrained variants (module keyword arguments), trained without the inner validation and
+# ablations (scdoloris.ablations): retrained variants, trained without the inner validation and
 # compared with the uncalibrated default; and prediction-time variants of the default model
-ABLATION_MODELS = {
-    "no prior": {"prior": "none"},
-    "no mu/sigma": {"use_control_state": False},
-}
-ABLATION_PREDICT = {"no residual": {"residual": "none"}}
+ABLATION_MODELS = ("no prior", "no mu/sigma")
+ABLATION_PREDICT = ("no residual",)
 METHOD_SLUGS = {
     "doloris": DOLORIS,
     "uncalibrated": UNCALIBRATED,
@@ -101,11 +98,14 @@ def _quiet() -> None:
 
 
 # ---------------------------------------------------------------------------------- methods
-def train_doloris(fold: tasks.Fold, config: Config, seed: int, calibrate: bool, **module_kwargs):
-    """Register a copy of the fold's training cells and train Doloris; (model, seconds)."""
+def train_doloris(
+    fold: tasks.Fold, config: Config, seed: int, calibrate: bool, ablation: str | None = None
+):
+    """Register a copy of the fold's training cells and train Doloris (or one of its
+    ``ablation`` variants, ``scdoloris.ablations``); (model, seconds)."""
     import scvi
 
-    from scdoloris import DolorisModel
+    from scdoloris import DolorisModel, ablations
 
     scvi.settings.seed = seed
     if config.threads is not None:
@@ -113,26 +113,39 @@ def train_doloris(fold: tasks.Fold, config: Config, seed: int, calibrate: bool, 
     adata = fold.train.copy()
     start = time.perf_counter()
     DolorisModel.setup_anndata(adata, **fold.setup)
-    model = DolorisModel(adata, **config.model_kwargs, **module_kwargs)
+    variant = ablations.variant(ablation)
+    model = variant.build(adata, **config.model_kwargs)
     kwargs = {"enable_progress_bar": False, "calibrate": calibrate}
     if config.steps is not None:
         kwargs["max_epochs"] = max(1, int(np.ceil(config.steps / np.ceil(adata.n_obs / 128))))
-    model.train(**kwargs)
+    variant.train(model, **kwargs)
     return model, time.perf_counter() - start
 
 
-def predict_doloris(model, fold: tasks.Fold, cond: tasks.Condition, view: str, seed: int, **kw):
-    """One condition's prediction from its input cells in ``view``; (cells, seconds)."""
+def predict_doloris(
+    model,
+    fold: tasks.Fold,
+    cond: tasks.Condition,
+    view: str,
+    seed: int,
+    ablation: str | None = None,
+    **kw,
+):
+    """One condition's prediction from its input cells in ``view`` (with the prediction
+    switches of an ``ablation``); (cells, seconds)."""
+    from scdoloris import ablations
+
     start = time.perf_counter()
-    pred = model.predict(
-        fold.input_cells(cond, view),
-        cond.perturbation,
-        cell_type=cond.cell_type,
-        seed=seed,
-        progress_bar=False,
-        allow_unknown=True,
-        **kw,
-    )
+    with ablations.variant(ablation).applied(model):
+        pred = model.predict(
+            fold.input_cells(cond, view),
+            cond.perturbation,
+            cell_type=cond.cell_type,
+            seed=seed,
+            progress_bar=False,
+            allow_unknown=True,
+            **kw,
+        )
     return _dense(pred.X), time.perf_counter() - start
 
 
@@ -301,7 +314,8 @@ def run_task(name: str, config: Config) -> pd.DataFrame:
                 for v in config.views:
                     record(FLOOR, None, c, v, R[order[:half]], real=R[order[half:]])
         for seed in config.seeds:
-            if DOLORIS in methods or UNCALIBRATED in methods or "Doloris no residual" in methods:
+            predict_variants = {f"Doloris {k}": k for k in ABLATION_PREDICT}
+            if methods & {DOLORIS, UNCALIBRATED, *predict_variants}:
                 calibrate = DOLORIS in methods
                 model, train_s = train_doloris(fold, config, seed, calibrate)
                 if calibrate:
@@ -315,21 +329,19 @@ def run_task(name: str, config: Config) -> pd.DataFrame:
                         if model.calibration is not None
                         else {"task": name, "fold": fold.index, "seed": seed}
                     )
-                variants = {DOLORIS: {}, UNCALIBRATED: {"calibrate": False}}
-                variants |= {
-                    f"Doloris {k}": {"calibrate": False, **v} for k, v in ABLATION_PREDICT.items()
-                }
-                for method, kw in variants.items():
+                variants = {DOLORIS: (None, {}), UNCALIBRATED: (None, {"calibrate": False})}
+                variants |= {m: (k, {"calibrate": False}) for m, k in predict_variants.items()}
+                for method, (ablation, kw) in variants.items():
                     if method not in methods:
                         continue
                     for v in config.views:
                         for c in conds:
-                            P, s = predict_doloris(model, fold, c, v, seed, **kw)
+                            P, s = predict_doloris(model, fold, c, v, seed, ablation, **kw)
                             record(method, seed, c, v, P, train_s, s)
-            for ablation, module_kwargs in ABLATION_MODELS.items():
+            for ablation in ABLATION_MODELS:
                 method = f"Doloris {ablation}"
                 if method in methods:
-                    model, train_s = train_doloris(fold, config, seed, False, **module_kwargs)
+                    model, train_s = train_doloris(fold, config, seed, False, ablation)
                     for v in config.views:
                         for c in conds:
                             P, s = predict_doloris(model, fold, c, v, seed, calibrate=False)
