@@ -122,10 +122,12 @@ class PredictionSwitches:
             raise ValueError(f"depth must be in (0, 1], got {self.depth}.")
 
 
-#: Settings of the training plan (``train(plan_kwargs=...)``) that are ablations.
-PLAN_SWITCHES = {"lr_schedule": "constant"}
-#: Keyword arguments of :class:`~scdoloris.DolorisModel` that are ablations.
-MODEL_SWITCHES = {"cell_type_dropout": 0.5}
+#: Settings of the training plan (``train(plan_kwargs=...)``) that are ablations, and their
+#: values (the first is the method's).
+PLAN_SWITCHES = {"lr_schedule": ("constant", "cosine")}
+#: Keyword arguments of :class:`~scdoloris.DolorisModel` (of its module) that are ablations
+#: (``cell_type_dropout=0``: no unknown cell type).
+MODEL_SWITCHES = frozenset({"cell_type_dropout"})
 
 _MODULE = {f.name for f in fields(ModuleSwitches)}
 _PREDICT = {f.name for f in fields(PredictionSwitches)}
@@ -238,5 +240,5 @@ def variant(name: str | Mapping[str, Any] | None = None, /, **switches) -> Varia
     ModuleSwitches(**out.module)  # validate now, not when the model is built
     PredictionSwitches(**out.predict)
     for key, value in out.plan.items():
-        _check(key, value, ("constant", "cosine"))
+        _check(key, value, PLAN_SWITCHES[key])
     return out

@@ -295,12 +295,12 @@ class CoherentMaskSampler(MaskSampler):
         return chosen
 
     def sample(self, probabilities: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, str]:
-        """One mask per row of ``probabilities`` (cells x genes); returns masks and the match."""
-        pool, on, off, label = self.match(probabilities.mean(0))
-        masks = pool[rng.integers(0, pool.shape[0], probabilities.shape[0])]
-        masks[:, on] = True
-        masks[:, off] = False
-        return masks, label
+        """One mask per row of ``probabilities`` (cells x genes) of one group of cells, drawn as
+        :meth:`draw` draws them (from a generator seeded by ``rng``); returns masks and the
+        matched condition."""
+        plan = self.match(probabilities.mean(0))
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        return self._draw(plan, probabilities, generator), plan[3]
 
 
 def mask_sampler(
