@@ -147,12 +147,10 @@ class DolorisModel(
         self.init_params_ = self._get_init_params(locals())
         # what the inner validation's model is built with (not saved: a loaded model keeps the
         # calibration it was trained with)
-        self._init_arguments = {
-            **{k: v for k, v in self.init_params_["non_kwargs"].items()},
-            "gene_embeddings": gene_embeddings,
-            "gene_graph": gene_graph,
-            "module_kwargs": dict(module_kwargs),
-        }
+        own = self.init_params_["non_kwargs"]
+        self._init_arguments = {k: v for k, v in own.items() if k not in ("adata", "registry")}
+        self._init_arguments |= {"gene_embeddings": gene_embeddings, "gene_graph": gene_graph}
+        self._init_arguments["module_kwargs"] = dict(module_kwargs)
         # the user's embeddings live on in the module's buffers: do not pickle them twice
         self.init_params_["non_kwargs"]["gene_embeddings"] = None
         self.init_params_["non_kwargs"]["gene_graph"] = None
@@ -486,17 +484,17 @@ class DolorisModel(
         """
         self._check_if_trained(warn=True)
         options = PredictOptions(
-            n_steps,
-            batch_size,
-            seed,
-            layer,
-            return_probabilities,
-            progress_bar,
-            molecule_features,
-            calibrate,
-            allow_unknown,
-            num_threads,
-            include_controls,
+            n_steps=n_steps,
+            batch_size=batch_size,
+            seed=seed,
+            layer=layer,
+            return_probabilities=return_probabilities,
+            progress_bar=progress_bar,
+            molecule_features=molecule_features,
+            calibrate=calibrate,
+            allow_unknown=allow_unknown,
+            num_threads=num_threads,
+            include_controls=include_controls,
         )
         if isinstance(perturbation, pd.DataFrame):  # a table of conditions
             return predict_table(self, adata_ctrl, perturbation, cell_type, dose, options)

@@ -314,8 +314,8 @@ class PredictionMixin:
         """The samplers' plans, per perturbation and cell type, from a first pass over the
         input (the mean predicted probabilities; for the coupled mask, the input's rates).
 
-        With ``residual="full"`` the coupled mask moves the input's rates by the mask network's
-        predicted change from the control token instead of to its predicted rates.
+        With the ablation ``residual="full"`` the coupled mask moves the input's rates by the
+        mask network's predicted change from the control token instead of to its predicted rates.
         """
         if sampler is None or not sampler.uses_plan:
             return None
@@ -507,19 +507,19 @@ class PredictionRun:
             )
         from_noise = torch.from_numpy(from_noise).to(device).unsqueeze(-1)
         x_ref = None  # the decoding under the control token, once per latent
+        with_p = self.options.return_probabilities
+        n_steps, depth = self.options.n_steps, switches.depth
         for j, cond in enumerate(self.tensors):
-            with_p = self.options.return_probabilities
             if not self.conditions.effective[j]:  # no perturbation (a drug at dose 0): the input
                 p = module.expression_probability(x, ct, **ref) if with_p else None
                 yield x_np, None if p is None else p.cpu().numpy()
                 continue
             kw = slice_condition(cond, sl, device)
-            if from_noise.any():
+            if from_noise.any():  # from N(0, I), each condition from its own random stream
                 latent = torch.randn(x.shape, generator=self.streams[j]).to(device)
                 if not from_noise.all():
                     latent = torch.where(from_noise, latent, encoded)
                 x_ref = None
-            n_steps, depth = self.options.n_steps, switches.depth
             x_hat = module.decode(latent, x, ct, n_steps=n_steps, depth=depth, **kw)
             if switches.residual != "none":
                 if x_ref is None:

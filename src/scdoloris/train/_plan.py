@@ -15,9 +15,13 @@ Stage = Literal["all", "diffusion", "mask"]
 class DolorisTrainingPlan(TrainingPlan):
     """AdamW with two parameter groups: the diffusion models and the mask network.
 
+    The optimiser is built here (:meth:`configure_optimizers`); scvi-tools' ``optimizer``
+    option does not apply.
+
     scvi-tools' TrainingPlan defaults Adam's ``eps`` to 0.01, far too large for a diffusion model;
     here it is 1e-8 unless set. ``stage`` chooses what is trained: ``"all"``, only the source and
     target (``"diffusion"``), or only the mask network (``"mask"``); the other part is frozen.
+    :meth:`~scdoloris.DolorisModel.train` passes its ``plan_kwargs`` here.
 
     Parameters
     ----------
@@ -30,11 +34,12 @@ class DolorisTrainingPlan(TrainingPlan):
     stage
         Which networks to train.
     lr_schedule
-        ``"constant"`` or ``"cosine"``: both learning rates decay along a half cosine from their
+        ``"constant"`` (the method) or ``"cosine"`` (the ablation "cosine lr",
+        :mod:`scdoloris.ablations`): both learning rates decay along a half cosine from their
         value to ``min_lr_fraction`` of it over the run's optimisation steps (Lightning's
-        ``estimated_stepping_batches``). Not the default: on the validation splits of
-        ``benchmarks/validate.py`` (seeds 0-1) cosine gave mean E-distance 0.576 vs 0.547
-        (constant) on norman, 0.307 vs 0.308 on papalexi and 0.878 vs 0.881 on kang.
+        ``estimated_stepping_batches``). On validation splits carved from the benchmark's
+        training data (seeds 0-1) cosine gave mean E-distance 0.576 vs 0.547 (constant) on
+        Norman, 0.307 vs 0.308 on Papalexi and 0.878 vs 0.881 on Kang.
     min_lr_fraction
         The cosine schedule's last learning rate, as a fraction of the first.
     **kwargs
@@ -60,8 +65,9 @@ class DolorisTrainingPlan(TrainingPlan):
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}.")
         if stage == "mask" and not module.use_mask:
-            raise ValueError("stage='mask' needs a model with a mask network (use_mask=True).")
-        kwargs.setdefault("optimizer", "AdamW")
+            raise ValueError(
+                "stage='mask' needs a model with a mask network (not the ablation 'no mask')."
+            )
         super().__init__(module, lr=lr, weight_decay=weight_decay, eps=eps, stage=stage, **kwargs)
         self.mask_lr = mask_lr
         self.mask_weight_decay = mask_weight_decay
