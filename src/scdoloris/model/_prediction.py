@@ -35,19 +35,20 @@ from ..module._residual import residual_expression
 
 @dataclass(frozen=True)
 class PredictOptions:
-    """The settings of one ``predict`` call that its steps share (see ``predict``)."""
+    """The settings of one ``predict`` call that its steps share (``predict``'s signature has
+    their defaults)."""
 
-    n_steps: int = 50
-    batch_size: int = 512
-    seed: int | None = 0
-    layer: str | None = "setup"
-    return_probabilities: bool = False
-    progress_bar: bool = True
-    molecule_features: pd.DataFrame | None = None
-    calibrate: bool = True
-    allow_unknown: bool = False
-    num_threads: int | None = None
-    include_controls: bool = False
+    n_steps: int
+    batch_size: int
+    seed: int | None
+    layer: str | None
+    return_probabilities: bool
+    progress_bar: bool
+    molecule_features: pd.DataFrame | None
+    calibrate: bool
+    allow_unknown: bool
+    num_threads: int | None
+    include_controls: bool
 
     def kwargs(self, **changes) -> dict:
         """The options as keyword arguments of ``predict``."""
