@@ -235,3 +235,23 @@ def test_calibration_survives_save_and_load(calibrated, tmp_path):
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+def test_the_validation_figure_marks_the_choice(calibrated, tmp_path):
+    from scdoloris import plotting
+
+    _, model = calibrated
+    fig = plotting.validation(model, tmp_path / "validation.png")
+    assert (tmp_path / "validation.png").stat().st_size > 0
+    validated = [k for k in model.calibration.choices if model.calibration.validated_on[k] == k]
+    assert len(fig.axes) == 2 * len(validated)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert all(any(t.startswith(k) for t in titles) for k in validated)
+
+
+def test_the_validation_figure_needs_a_calibration(tiny_simulated_model):
+    from scdoloris import plotting
+
+    _, model = tiny_simulated_model(n_cells=200, n_genes=60)
+    with pytest.raises(ValueError, match="calibrate=True"):
+        plotting.validation(model)
