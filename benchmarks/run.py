@@ -80,6 +80,7 @@ class Config:
     views: tuple[str, ...] = tasks.VIEWS
     folds: list[int] | None = None
     max_cells: int = tasks.MAX_CELLS
+    jobs: int = 1
     command: str = ""
 
 
@@ -248,63 +249,57 @@ def rank_metric(means: dict[str, np.ndarray], real_means: dict[str, np.ndarray])
 
 
 # ---------------------------------------------------------------------------------- a task
-def run_task(name: str, config: Config) -> pd.DataFrame:
-    """Every fold of one task kind; one row per condition, view, method and seed."""
-    rows: list[dict] = []
-    means: dict[tuple, dict[str, np.ndarray]] = {}  # (view, method, seed) -> condition -> mean
-    real_means: dict[str, np.ndarray] = {}
-    calibrations: list[dict] = []
+def run_job(name: str, index: int, seed: int | None, config: Config) -> dict:
+    """One fold of one task kind: the deterministic methods (``seed`` None) or the seeded ones
+    at ``seed``. Returns the score rows, the predicted means (for the rank), the real means and
+    the calibration chosen."""
+    import scvi
+
+    _quiet()
+    if config.threads is not None:
+        scvi.settings.num_threads = config.threads
+    start = time.perf_counter()
+    fold = next(tasks.folds(name, only=[index], max_cells=config.max_cells))
+    conds = fold.conditions
+    reals = {c.name: _dense(fold.real[c.name].X) for c in conds}
+    inputs = {(v, c.name): _dense(fold.input_cells(c, v).X) for v in config.views for c in conds}
+    out = {"rows": [], "means": {}, "calibration": None}
+    out["real_means"] = {c: R.mean(0) for c, R in reals.items()}
     methods = set(config.methods)
-    kwargs = {"max_cells": config.max_cells}
-    for fold in tasks.folds(name, only=config.folds, **kwargs):
-        t_fold = time.perf_counter()
-        conds = fold.conditions
-        reals = {c.name: _dense(fold.real[c.name].X) for c in conds}
-        for c in conds:
-            real_means[c.name] = reals[c.name].mean(0)
-        inputs = {
-            (v, c.name): _dense(fold.input_cells(c, v).X) for v in config.views for c in conds
-        }
 
-        def record(  # noqa: PLR0913
-            method,
-            seed,
-            cond,
-            view,
-            P,
-            train_s=0.0,
-            predict_s=0.0,
-            real=None,
-            fold=fold,
-            reals=reals,
-            inputs=inputs,
-        ):
-            R = reals[cond.name] if real is None else real
-            C = inputs[(view, cond.name)]
-            rows.append(
-                {
-                    "task": name,
-                    "fold": fold.index,
-                    "condition": cond.name,
-                    "view": view,
-                    "method": method,
-                    "seed": seed,
-                    "n_pred": P.shape[0],
-                    "n_real": R.shape[0],
-                    "train_seconds": train_s,
-                    "predict_seconds": predict_s,
-                    **score(P, R, C, top_de(R, C)),
-                }
-            )
-            means.setdefault((view, method, seed), {})[cond.name] = P.mean(0)
+    def record(method, cond, view, P, train_s=0.0, predict_s=0.0, real=None):
+        R = reals[cond.name] if real is None else real
+        C = inputs[(view, cond.name)]
+        out["rows"].append(
+            {
+                "task": name,
+                "fold": fold.index,
+                "condition": cond.name,
+                "view": view,
+                "method": method,
+                "seed": seed,
+                "n_pred": P.shape[0],
+                "n_real": R.shape[0],
+                "train_seconds": train_s,
+                "predict_seconds": predict_s,
+                **score(P, R, C, top_de(R, C)),
+            }
+        )
+        out["means"].setdefault((view, method, seed), {})[cond.name] = P.mean(0)
 
+    def predict_all(method, model, train_s, ablation=None, **kw):
+        for v in config.views:
+            for c in conds:
+                P, s = predict_doloris(model, fold, c, v, seed, ablation, **kw)
+                record(method, c, v, P, train_s, s)
+
+    if seed is None:
         if methods & set(BASELINES):
             base = fit_baselines(fold)
-            for b in BASELINES:
-                if b in methods:
-                    for v in config.views:
-                        for c in conds:
-                            record(b, None, c, v, predict_baseline(base, b, fold, c, v))
+            for b in (b for b in BASELINES if b in methods):
+                for v in config.views:
+                    for c in conds:
+                        record(b, c, v, predict_baseline(base, b, fold, c, v))
         if FLOOR in methods:
             rng = np.random.default_rng(tasks.SPLIT_SEED)
             for c in conds:
@@ -312,54 +307,71 @@ def run_task(name: str, config: Config) -> pd.DataFrame:
                 order = rng.permutation(R.shape[0])
                 half = (R.shape[0] + 1) // 2
                 for v in config.views:
-                    record(FLOOR, None, c, v, R[order[:half]], real=R[order[half:]])
-        for seed in config.seeds:
-            predict_variants = {f"Doloris {k}": k for k in ABLATION_PREDICT}
-            if methods & {DOLORIS, UNCALIBRATED, *predict_variants}:
-                calibrate = DOLORIS in methods
-                model, train_s = train_doloris(fold, config, seed, calibrate)
-                if calibrate:
-                    calibrations.append(
-                        {
-                            "task": name,
-                            "fold": fold.index,
-                            "seed": seed,
-                            **{k: f"{b} {w:g}" for k, (b, w) in model.calibration.choices.items()},
-                        }
-                        if model.calibration is not None
-                        else {"task": name, "fold": fold.index, "seed": seed}
-                    )
-                variants = {DOLORIS: (None, {}), UNCALIBRATED: (None, {"calibrate": False})}
-                variants |= {m: (k, {"calibrate": False}) for m, k in predict_variants.items()}
-                for method, (ablation, kw) in variants.items():
-                    if method not in methods:
-                        continue
-                    for v in config.views:
-                        for c in conds:
-                            P, s = predict_doloris(model, fold, c, v, seed, ablation, **kw)
-                            record(method, seed, c, v, P, train_s, s)
-            for ablation in ABLATION_MODELS:
-                method = f"Doloris {ablation}"
-                if method in methods:
-                    model, train_s = train_doloris(fold, config, seed, False, ablation)
-                    for v in config.views:
-                        for c in conds:
-                            P, s = predict_doloris(model, fold, c, v, seed, calibrate=False)
-                            record(method, seed, c, v, P, train_s, s)
-            if "scGen" in methods and name in SCGEN_TASKS and not config.tiny:
-                trained = train_scgen(fold, seed, None)
-                if trained is not None:
-                    model, train_s = trained
-                    for v in config.views:
-                        for c in conds:
-                            start = time.perf_counter()
-                            P = predict_scgen(model, fold, c, v)
-                            record("scGen", seed, c, v, P, train_s, time.perf_counter() - start)
-        print(
-            f"[{name}] fold {fold.index}: {len(conds)} conditions, "
-            f"{time.perf_counter() - t_fold:.0f} s",
-            flush=True,
-        )
+                    record(FLOOR, c, v, R[order[:half]], real=R[order[half:]])
+    else:
+        default_variants = {DOLORIS: (None, {}), UNCALIBRATED: (None, {"calibrate": False})}
+        default_variants |= {f"Doloris {k}": (k, {"calibrate": False}) for k in ABLATION_PREDICT}
+        wanted = {m: v for m, v in default_variants.items() if m in methods}
+        if wanted:
+            calibrate = DOLORIS in methods
+            model, train_s = train_doloris(fold, config, seed, calibrate)
+            if calibrate and model.calibration is not None:
+                out["calibration"] = {
+                    "task": name,
+                    "fold": fold.index,
+                    "seed": seed,
+                    **{k: f"{b} {w:g}" for k, (b, w) in model.calibration.choices.items()},
+                }
+            for method, (ablation, kw) in wanted.items():
+                predict_all(method, model, train_s, ablation, **kw)
+        for ablation in ABLATION_MODELS:
+            if f"Doloris {ablation}" in methods:
+                model, train_s = train_doloris(fold, config, seed, False, ablation)
+                predict_all(f"Doloris {ablation}", model, train_s, calibrate=False)
+        if "scGen" in methods and name in SCGEN_TASKS and not config.tiny:
+            trained = train_scgen(fold, seed, None)
+            if trained is not None:
+                model, train_s = trained
+                for v in config.views:
+                    for c in conds:
+                        t0 = time.perf_counter()
+                        P = predict_scgen(model, fold, c, v)
+                        record("scGen", c, v, P, train_s, time.perf_counter() - t0)
+    what = "baselines" if seed is None else f"seed {seed}"
+    print(
+        f"[{name}] fold {fold.index}, {what}: {len(conds)} conditions, "
+        f"{time.perf_counter() - start:.0f} s",
+        flush=True,
+    )
+    return out
+
+
+def run_task(name: str, config: Config) -> pd.DataFrame:
+    """Every fold of one task kind; one row per condition, view, method and seed.
+
+    With ``config.jobs > 1`` the (fold, seed) jobs run in that many processes (each with
+    ``config.threads`` torch threads).
+    """
+    n_folds = len(tasks.fold_assignment(name, tasks.conditions(name, max_cells=config.max_cells)))
+    folds = range(n_folds) if config.folds is None else [f for f in config.folds if f < n_folds]
+    jobs = [(name, f, s, config) for f in folds for s in [None, *config.seeds]]
+    if config.jobs > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = mp.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=config.jobs, mp_context=context) as pool:
+            results = list(pool.map(run_job, *zip(*jobs, strict=True)))
+    else:
+        results = [run_job(*job) for job in jobs]
+    rows, means, real_means, calibrations = [], {}, {}, []
+    for r in results:
+        rows += r["rows"]
+        for key, m in r["means"].items():
+            means.setdefault(key, {}).update(m)
+        real_means.update(r["real_means"])
+        if r["calibration"] is not None:
+            calibrations.append(r["calibration"])
     table = pd.DataFrame(rows)
     ranks = {key: rank_metric(m, real_means) for key, m in means.items()}
     table["rank"] = [
@@ -392,6 +404,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser.add_argument("--folds", default=None, help="comma-separated fold indices (default all)")
     parser.add_argument("--views", default=",".join(tasks.VIEWS), help="train,held-out")
     parser.add_argument("--threads", type=int, default=None, help="scvi.settings.num_threads")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="processes running (fold, seed) jobs in parallel"
+    )
     parser.add_argument("--tiny", action="store_true", help="seconds-long smoke configuration")
     parser.add_argument("--out", default=None, help="output directory (default benchmarks/)")
     args = parser.parse_args(argv)
@@ -421,6 +436,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         views=tuple(args.views.split(",")),
         folds=folds,
         max_cells=TINY_CELLS if args.tiny else tasks.MAX_CELLS,
+        jobs=args.jobs,
         command=_command(argv),
     )
 

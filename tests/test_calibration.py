@@ -9,6 +9,9 @@ import pytest
 
 from scdoloris.metrics import e_distance
 from scdoloris.model._calibration import (
+    DEFAULT_BASELINE,
+    KINDS,
+    PRIOR_WEIGHT,
     Calibration,
     ConditionKey,
     blend,
@@ -72,34 +75,47 @@ def _scores(rows):
     )
 
 
-def test_fit_chooses_the_lowest_normalised_loss_per_kind():
+def _candidates(cond, kind, best, baselines=("NoChange", "MeanShift"), gain=1.0):
+    """Rows for one condition: the candidate ``best`` scores better by ``gain`` than others."""
     rows = []
-    for cond, kind, best in (
-        ("a", "transfer", 0.5),
-        ("b", "transfer", 0.5),
-        ("c", "unseen token", 0.0),
-    ):
-        for baseline in ("NoChange", "MeanShift"):
-            for w in (0.0, 0.5, 1.0):
-                good = baseline == "MeanShift" and w == best
-                rows.append((cond, kind, baseline, w, 1.0 if good else 2.0, 0.1 if good else 0.2))
+    for baseline in baselines:
+        for w in (0.0, 0.5, 1.0):
+            good = (baseline, w) == best or (w == 1.0 and best[1] == 1.0)
+            e = 2.0 - gain if good else 2.0
+            rows.append((cond, kind, baseline, w, e, 0.1 * e))
+    return rows
+
+
+def test_fit_keeps_the_equal_blend_unless_the_evidence_is_clear():
+    # four conditions agree that the model alone is best: it is chosen
+    rows = [r for c in "abcd" for r in _candidates(c, "transfer", ("MeanShift", 1.0))]
+    # two conditions are not enough to leave the equal blend with the kind's baseline
+    rows += [r for c in "ef" for r in _candidates(c, "unseen token", ("NoChange", 0.0))]
+    # three conditions that disagree (one strongly for no change, two mildly against) neither
+    rows += _candidates("g", "new combination", ("NoChange", 0.0), ("NoChange", "Additive"), 1.5)
+    rows += _candidates("h", "new combination", ("Additive", 1.0), ("NoChange", "Additive"), 0.1)
+    rows += _candidates("i", "new combination", ("Additive", 1.0), ("NoChange", "Additive"), 0.1)
     cal = Calibration.fit(_scores(rows))
-    assert cal.choice("transfer") == ("MeanShift", 0.5)
-    assert cal.choice("unseen token") == ("MeanShift", 0.0)
-    # a kind without inner conditions takes the pooled choice
-    assert cal.choice("new combination") == cal.choices["pooled"]
+    assert cal.choice("transfer") == ("MeanShift", 1.0)
+    assert cal.choice("unseen token") == ("MeanShift", 0.5)
+    assert cal.choice("new combination") == ("Additive", 0.5)
+    # a kind without inner conditions: decided on the pooled ones, with its own baseline
+    assert cal.validated_on["seen"] == "pooled" and cal.choice("seen")[0] == "MeanShift"
+    assert cal.validated_on["transfer"] == "transfer"
     expected = cal.expected_error("transfer")
-    assert expected["e_distance"] == 1.0 and expected["e_distance_no_change"] == 2.0
-    assert expected["n_conditions"] == 2 and expected["validated_on"] == "transfer"
-    assert Calibration.from_dict(cal.to_dict()).choices == cal.choices
+    assert expected["e_distance"] == pytest.approx(1.0)
+    assert expected["e_distance_no_change"] == pytest.approx(2.0)
+    assert expected["n_conditions"] == 4 and expected["validated_on"] == "transfer"
+    restored = Calibration.from_dict(cal.to_dict())
+    assert restored.choices == cal.choices and restored.validated_on == cal.validated_on
     summary = cal.summary()
-    assert summary.loc["transfer", "E calibrated"] == 1.0
-    assert summary.loc["transfer", "E NoChange"] == 2.0
+    assert summary.loc["transfer", "E calibrated"] == pytest.approx(1.0)
+    assert summary.loc["transfer", "E NoChange"] == pytest.approx(2.0)
 
 
-def test_ties_go_to_the_smaller_weight():
-    rows = [("a", "seen", "NoChange", w, 1.0, 0.1) for w in (0.0, 0.5, 1.0)]
-    assert Calibration.fit(_scores(rows)).choice("seen") == ("NoChange", 0.0)
+def test_ties_stay_with_the_default():
+    rows = [(c, "seen", "MeanShift", w, 1.0, 0.1) for c in "abc" for w in (0.0, 0.5, 1.0)]
+    assert Calibration.fit(_scores(rows)).choice("seen") == ("MeanShift", 0.5)
 
 
 def test_without_calibration_the_model_is_used():
@@ -146,20 +162,21 @@ def test_train_runs_the_inner_validation(calibrated):
         "new combination",
         "unseen token",
     }
-    # on the inner conditions, the choice's loss (normalised E + EMD) is at most the model's
-    # own and no change's
-    scores = model.calibration.scores
-    for kind, row in table.iterrows():
-        frame = scores if kind == "pooled" else scores[scores["kind"] == kind]
-        if kind == "pooled":
-            frame = frame[frame["kind"] != "seen"] if (frame["kind"] != "seen").any() else frame
-        scale_e, scale_emd = frame["e_distance"].mean(), frame["emd"].mean()
-
-        def loss(name, row=row, scale_e=scale_e, scale_emd=scale_emd):
-            return row[f"E {name}"] / scale_e + row[f"EMD {name}"] / scale_emd
-
-        assert row["weight"] in (0.0, 0.25, 0.5, 0.75, 1.0)
-        assert loss("calibrated") <= min(loss("model"), loss("NoChange")) + 1e-9
+    # every kind has a choice: the equal blend with its baseline, or a candidate that did better
+    # on the inner conditions it rests on
+    cal = model.calibration
+    assert set(cal.choices) == set(KINDS)
+    for kind, choice in cal.choices.items():
+        assert choice[1] in (0.0, 0.25, 0.5, 0.75, 1.0)
+        default = (DEFAULT_BASELINE[kind], PRIOR_WEIGHT)
+        if choice == default:
+            continue
+        frame = cal._frame(kind)
+        if cal.validated_on[kind] == "pooled":
+            frame = frame[frame["baseline"] == DEFAULT_BASELINE[kind]]
+        loss = frame["e_distance"] / frame["e_distance"].mean() + frame["emd"] / frame["emd"].mean()
+        means = frame.assign(loss=loss).groupby(["baseline", "weight"])["loss"].mean()
+        assert means[choice] < means[default], (kind, choice)
 
 
 def test_predict_blends_the_model_and_the_baseline(calibrated):
@@ -218,3 +235,23 @@ def test_calibration_survives_save_and_load(calibrated, tmp_path):
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+def test_the_validation_figure_marks_the_choice(calibrated, tmp_path):
+    from scdoloris import plotting
+
+    _, model = calibrated
+    fig = plotting.validation(model, tmp_path / "validation.png")
+    assert (tmp_path / "validation.png").stat().st_size > 0
+    validated = [k for k in model.calibration.choices if model.calibration.validated_on[k] == k]
+    assert len(fig.axes) == 2 * len(validated)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert all(any(t.startswith(k) for t in titles) for k in validated)
+
+
+def test_the_validation_figure_needs_a_calibration(tiny_simulated_model):
+    from scdoloris import plotting
+
+    _, model = tiny_simulated_model(n_cells=200, n_genes=60)
+    with pytest.raises(ValueError, match="calibrate=True"):
+        plotting.validation(model)

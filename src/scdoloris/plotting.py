@@ -7,7 +7,7 @@ from pathlib import Path
 
 import anndata as ad
 
-__all__ = ["umap"]
+__all__ = ["umap", "validation"]
 
 
 def umap(
@@ -98,6 +98,72 @@ def umap(
     axes = fig.subplots(1, len(colors), squeeze=False)[0]
     for ax, c, t in zip(axes, colors, titles, strict=True):
         sc.pl.umap(emb, color=c, ax=ax, show=False, title=t, size=point_size, frameon=False)
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi)
+    return fig
+
+
+def validation(model, path: str | Path | None = None, *, dpi: int = 120):
+    """Draw the inner validation of :meth:`~scdoloris.DolorisModel.train`: how the E-distance
+    and EMD of a blend ``(1 - w) * baseline + w * model`` change with the weight ``w``.
+
+    One row of two panels (E-distance, EMD) per kind of condition that had inner conditions;
+    one line per baseline (``w = 0`` is the baseline alone, ``w = 1`` the diffusion model
+    alone), the mean over the kind's inner conditions; the blend :meth:`predict` uses is
+    circled. Read it to see whether the model beats the baselines on held-out training
+    conditions of each kind, and by how much the calibration leans on them.
+
+    Parameters
+    ----------
+    model
+        A :class:`~scdoloris.DolorisModel` trained with ``calibrate=True``.
+    path
+        Where to save the figure; ``None`` only returns it.
+    dpi
+        Resolution of a saved raster image.
+
+    Returns
+    -------
+    The :class:`matplotlib.figure.Figure`.
+
+    Examples
+    --------
+    >>> fig = scdoloris.plotting.validation(model, "validation.png")  # doctest: +SKIP
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    calibration = model.calibration
+    if calibration is None or calibration.scores.empty:
+        raise ValueError(
+            "This model has no inner validation: train it with train(calibrate=True) "
+            "(the default), with at least two perturbed conditions in the training data."
+        )
+    scores = calibration.scores
+    kinds = [k for k in calibration.choices if calibration.validated_on.get(k) == k]
+    fig = Figure(figsize=(9, 2.8 * len(kinds) + 0.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(kinds), 2, squeeze=False)
+    for row, kind in zip(axes, kinds, strict=True):
+        frame = scores[scores["kind"] == kind]
+        means = frame.groupby(["baseline", "weight"])[["e_distance", "emd"]].mean()
+        baseline, weight = calibration.choice(kind)
+        n = frame["condition"].nunique()
+        for ax, metric, label in zip(
+            row, ("e_distance", "emd"), ("E-distance", "EMD"), strict=True
+        ):
+            for name in means.index.get_level_values(0).unique():
+                curve = means.loc[name, metric]
+                ax.plot(curve.index, curve.to_numpy(), marker="o", ms=3, label=name)
+            chosen = means.loc[(baseline, weight), metric]
+            ax.plot([weight], [chosen], "o", ms=12, mfc="none", mec="black", label="chosen")
+            ax.set_xlabel("weight of the model (0: baseline, 1: model)")
+            ax.set_ylabel(f"{label} (lower is better)")
+            ax.set_title(f"{kind}: {n} inner condition(s)", fontsize=10)
+        row[1].legend(fontsize=8, frameon=False)
+    fig.suptitle("Inner validation: the blend of the model and each baseline", fontsize=11)
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

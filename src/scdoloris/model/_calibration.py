@@ -40,7 +40,16 @@ import pandas as pd
 KINDS = ("seen", "transfer", "new combination", "seen in combinations", "unseen token")
 BASELINES = ("NoChange", "MeanShift", "Additive")
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
-MODEL = "Doloris (uncalibrated)"
+# the calibration's starting point per kind (see Calibration.fit): the baseline that applies
+DEFAULT_BASELINE = {
+    "seen": "MeanShift",
+    "transfer": "MeanShift",
+    "new combination": "Additive",
+    "seen in combinations": "MeanShift",
+    "unseen token": "MeanShift",
+}
+PRIOR_WEIGHT = 0.5  # the equal-weight blend of the model and the baseline
+MIN_EVIDENCE = 3  # inner conditions needed to move away from it
 
 
 class ConditionKey(NamedTuple):
@@ -167,60 +176,80 @@ def plan_validation(
 class Calibration:
     """The inner validation's scores and, per kind, the chosen baseline and model weight.
 
-    ``scores`` has one row per inner condition and candidate (``method``: a baseline, the
-    uncalibrated model, or ``"<baseline> + w"`` for a blend) with ``kind``, ``e_distance``
-    and ``emd``; ``choices`` maps a kind (and ``"pooled"``) to ``(baseline, weight)``.
+    ``scores`` has one row per inner condition and candidate (``baseline``, ``weight``: the
+    blend ``(1 - weight) * baseline + weight * model``) with ``kind``, ``e_distance`` and
+    ``emd``; ``choices`` maps every kind of :data:`KINDS` to ``(baseline, weight)``;
+    ``validated_on`` says whether a kind's choice rests on its own inner conditions (the kind)
+    or, for a kind without any, on all inner conditions but the seen ones (``"pooled"``).
     """
 
     scores: pd.DataFrame
     choices: dict[str, tuple[str, float]] = field(default_factory=dict)
+    validated_on: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def fit(cls, scores: pd.DataFrame) -> Calibration:
-        """Choose per kind the candidate with the lowest normalised E-distance + EMD.
+        """Per kind, the equal-weight blend of the model and the kind's default baseline,
+        unless the inner validation clearly prefers another candidate.
 
-        Each metric is divided by its mean over the kind's candidates and conditions, so the two
-        weigh alike; the loss of a candidate is the sum of its two normalised means over the
-        kind's conditions. Ties go to the smaller model weight. ``"pooled"`` is chosen over the
-        conditions of every kind but ``"seen"`` and serves kinds without inner conditions.
+        The starting point is :data:`PRIOR_WEIGHT` (0.5) with the kind's baseline of
+        :data:`DEFAULT_BASELINE`: averaging two predictors whose errors are partly independent
+        is a robust choice, and weights estimated from a few validation conditions are noisy
+        (the "forecast combination puzzle": estimated weights rarely beat equal ones). The
+        candidate with the lowest loss replaces it only when it is better on average by more
+        than one standard error over the kind's inner conditions (paired, at least
+        :data:`MIN_EVIDENCE` conditions). The loss of a candidate on a condition is its
+        E-distance plus its EMD, each divided by its mean over the kind's candidates and
+        conditions (so the two weigh alike). A kind without inner conditions is decided on the
+        pooled conditions of the other kinds (but the seen ones), among blends with its own
+        default baseline.
 
         Examples
         --------
-        >>> scores = pd.DataFrame({"condition": ["c"] * 3, "kind": ["transfer"] * 3,
-        ...     "baseline": ["NoChange", "NoChange", "NoChange"], "weight": [0.0, 0.5, 1.0],
-        ...     "e_distance": [1.0, 0.5, 0.8], "emd": [0.1, 0.05, 0.06]})
-        >>> Calibration.fit(scores).choices["transfer"]
-        ('NoChange', 0.5)
+        >>> rows = [(c, "transfer", "MeanShift", w, e, 0.1) for c in "abcd"
+        ...         for w, e in ((0.0, 1.0), (0.5, 0.8), (1.0, 0.4))]
+        >>> scores = pd.DataFrame(rows, columns=["condition", "kind", "baseline", "weight",
+        ...                                      "e_distance", "emd"])
+        >>> Calibration.fit(scores).choices["transfer"]  # the model is clearly better
+        ('MeanShift', 1.0)
+        >>> Calibration.fit(scores[scores["condition"] == "a"]).choices["transfer"]  # one only
+        ('MeanShift', 0.5)
         """
-        choices = {}
-        groups = {kind: scores[scores["kind"] == kind] for kind in scores["kind"].unique()}
-        unseen = scores[scores["kind"] != "seen"]
-        groups["pooled"] = unseen if len(unseen) else scores
-        for kind, frame in groups.items():
-            if len(frame):
-                choices[kind] = _best_candidate(frame)
-        return cls(scores.reset_index(drop=True), choices)
+        choices, validated = {}, {}
+        pooled = scores[scores["kind"] != "seen"]
+        pooled = pooled if len(pooled) else scores
+        for kind in KINDS:
+            own = scores[scores["kind"] == kind]
+            if len(own):
+                choices[kind], validated[kind] = _choose(own, kind), kind
+            elif len(pooled):
+                baseline = DEFAULT_BASELINE[kind]
+                restricted = pooled[pooled["baseline"] == baseline]
+                choices[kind], validated[kind] = _choose(restricted, kind), "pooled"
+        return cls(scores.reset_index(drop=True), choices, validated)
 
     def choice(self, kind: str) -> tuple[str, float]:
-        """``(baseline, weight)`` for a kind (the pooled choice if the kind was not validated;
-        the uncalibrated model, ``("NoChange", 1.0)``, without any inner validation)."""
-        if kind in self.choices:
-            return self.choices[kind]
-        return self.choices.get("pooled", ("NoChange", 1.0))
+        """``(baseline, weight)`` for a kind; the uncalibrated model, ``("NoChange", 1.0)``,
+        without any inner validation."""
+        return self.choices.get(kind, ("NoChange", 1.0))
+
+    def _frame(self, kind: str) -> pd.DataFrame:
+        if self.validated_on.get(kind) == kind:
+            return self.scores[self.scores["kind"] == kind]
+        frame = self.scores[self.scores["kind"] != "seen"]
+        return frame if len(frame) else self.scores
 
     def expected_error(self, kind: str) -> dict:
         """The inner validation's scores of the choice for ``kind``: mean and sd of E-distance
         and EMD over its conditions, with the same for no change, and how many conditions."""
         baseline, weight = self.choice(kind)
-        frame = self.scores
-        source = kind if kind in self.choices else "pooled"
-        if source != "pooled":
-            frame = frame[frame["kind"] == kind]
-        elif (frame["kind"] != "seen").any():
-            frame = frame[frame["kind"] != "seen"]
+        frame = self._frame(kind)
         mine = frame[(frame["baseline"] == baseline) & (frame["weight"] == weight)]
         none = frame[(frame["baseline"] == "NoChange") & (frame["weight"] == 0.0)]
-        out = {"validated_on": source, "n_conditions": int(mine["condition"].nunique())}
+        out = {
+            "validated_on": self.validated_on.get(kind, "none"),
+            "n_conditions": int(mine["condition"].nunique()),
+        }
         for metric in ("e_distance", "emd"):
             out[metric] = float(mine[metric].mean()) if len(mine) else float("nan")
             out[f"{metric}_sd"] = float(mine[metric].std(ddof=0)) if len(mine) else float("nan")
@@ -228,18 +257,16 @@ class Calibration:
         return out
 
     def summary(self) -> pd.DataFrame:
-        """Per kind: the choice, and the mean inner scores of the model alone, each baseline and
-        the choice (what ``model.validation_`` shows)."""
+        """Per kind: the choice, what it rests on, and the mean inner scores of the model
+        alone, of each baseline and of the choice (what ``model.validation`` shows)."""
         rows = []
-        for kind in [k for k in (*KINDS, "pooled") if k in self.choices]:
-            frame = self.scores if kind == "pooled" else self.scores[self.scores["kind"] == kind]
-            if kind == "pooled" and (frame["kind"] != "seen").any():
-                frame = frame[frame["kind"] != "seen"]
-            baseline, weight = self.choices[kind]
+        for kind, (baseline, weight) in self.choices.items():
+            frame = self._frame(kind)
             row = {
                 "kind": kind,
                 "baseline": baseline,
                 "weight": weight,
+                "validated_on": self.validated_on[kind],
                 "n_conditions": int(frame["condition"].nunique()),
             }
             for name, sel in _named_candidates(frame, baseline, weight).items():
@@ -253,6 +280,7 @@ class Calibration:
         return {
             "scores": self.scores.to_dict(orient="list"),
             "choices": {k: [b, float(w)] for k, (b, w) in self.choices.items()},
+            "validated_on": dict(self.validated_on),
         }
 
     @classmethod
@@ -261,6 +289,7 @@ class Calibration:
         return cls(
             pd.DataFrame(data["scores"]),
             {k: (str(b), float(w)) for k, (b, w) in data["choices"].items()},
+            dict(data.get("validated_on", {})),
         )
 
 
@@ -274,18 +303,32 @@ def _named_candidates(frame: pd.DataFrame, baseline: str, weight: float) -> dict
     return named
 
 
-def _best_candidate(frame: pd.DataFrame) -> tuple[str, float]:
+def _choose(frame: pd.DataFrame, kind: str) -> tuple[str, float]:
+    """The rule of :meth:`Calibration.fit` on one kind's scores."""
+    default = (DEFAULT_BASELINE[kind], PRIOR_WEIGHT)
     scale_e = max(float(frame["e_distance"].mean()), 1e-12)
     scale_emd = max(float(frame["emd"].mean()), 1e-12)
-    means = frame.groupby(["baseline", "weight"])[["e_distance", "emd"]].mean()
-    loss = means["e_distance"] / scale_e + means["emd"] / scale_emd
-    # ties (within rounding) go to the smaller weight, then to the simpler baseline
-    order = sorted(
-        loss.index,
-        key=lambda bw: (round(float(loss[bw]), 9), bw[1], BASELINES.index(bw[0])),
+    loss = (frame["e_distance"] / scale_e + frame["emd"] / scale_emd).to_numpy()
+    table = (
+        frame.assign(loss=loss)
+        .pivot_table(index="condition", columns=["baseline", "weight"], values="loss")
+        .dropna(axis=1)
     )
-    baseline, weight = order[0]
-    return str(baseline), float(weight)
+    if default not in table.columns:
+        return default
+    # ties (within rounding) go to the default, then to the smaller weight
+    order = sorted(
+        table.columns,
+        key=lambda bw: (round(float(table[bw].mean()), 9), bw != default, bw[1]),
+    )
+    best = order[0]
+    n = len(table)
+    if best == default or n < MIN_EVIDENCE:
+        return default
+    gain = (table[default] - table[best]).to_numpy()
+    if gain.mean() > gain.std(ddof=1) / np.sqrt(n):
+        return str(best[0]), float(best[1])
+    return default
 
 
 def blend(model: np.ndarray, baseline: np.ndarray, weight: float) -> np.ndarray:

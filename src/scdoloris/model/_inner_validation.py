@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 MAX_CELLS = 300  # cells per condition (inputs and real cells) scored by the inner validation
 MAX_TRAIN_CELLS = 1000  # cells per condition in the inner model's training data
-SEEN_FRACTION = 0.3  # of a "seen" validation condition's cells, held out
+SEEN_FRACTION = 0.5  # of a "seen" validation condition's cells, held out
 # a label delimiter that never occurs: the dose-aware baselines treat each condition as a whole
 _WHOLE = "\x00"
 
