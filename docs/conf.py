@@ -96,7 +96,8 @@ def _own_members() -> dict[str, dict[str, list[str]]]:
     import inspect
 
     out: dict[str, dict[str, list[str]]] = {}
-    for modname in ("scdoloris", "scdoloris.module", "scdoloris.train", "scdoloris.baselines"):
+    modules = ("scdoloris", "scdoloris.module", "scdoloris.train", "scdoloris.baselines")
+    for modname in (*modules, "scdoloris.ablations"):
         mod = importlib.import_module(modname)
         for name in getattr(mod, "__all__", []):
             obj = getattr(mod, name)

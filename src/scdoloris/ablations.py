@@ -37,6 +37,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+__all__ = [
+    "ABLATIONS",
+    "ModuleSwitches",
+    "PredictionSwitches",
+    "SWITCHES",
+    "Variant",
+    "variant",
+]
+
 
 def _check(name: str, value, allowed: tuple) -> None:
     if value not in allowed:

@@ -1,4 +1,5 @@
-"""Data-derived state of a Doloris model, computed once from the registered training data."""
+"""The data's scale, the control cells' statistics and the gene graph, computed once from the
+training data (the additive prior is fitted in ``module/_prior.py``)."""
 
 from __future__ import annotations
 
