@@ -106,7 +106,8 @@ class DolorisModel(
         Passed to :class:`~scdoloris.module.DolorisModule`: ``n_timesteps``,
         ``cell_type_dropout`` and the sub-networks' settings in keyword dicts
         (``denoiser_kwargs={"dropout": 0.1}``, ``mask_kwargs``, ``graph_kwargs``; they
-        override the sizes above).
+        override the sizes above). The ablations' switches (``ablation``) are set by
+        :mod:`scdoloris.ablations`, not here.
 
     Examples
     --------
