@@ -168,14 +168,14 @@ def main(argv: list[str] | None = None) -> int:
         for fold in tasks.folds(name, only=folds):
             for seed in (int(s) for s in args.seeds.split(",")):
                 rows += study_fold(fold, seed, args.train, args.predict)
+                if args.out:  # after every fold, so that an interrupted study keeps its rows
+                    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                    pd.DataFrame(rows).to_csv(args.out, index=False)
                 print(
                     f"[{name}] fold {fold.index} seed {seed}: {time.perf_counter() - start:.0f} s",
                     flush=True,
                 )
     table = pd.DataFrame(rows)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.out, index=False)
     print(f"Command: `{info['command']}`; commit {info['commit']}; {info['date']}")
     print(f"Machine: {info['machine']}; {time.perf_counter() - start:.0f} s")
     print(summarise(table).round(4).to_string())
