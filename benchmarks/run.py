@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import report
+import scgen
 import tasks
 from _machine import run_record
 from scipy import sparse
@@ -38,9 +39,7 @@ TINY_MODEL = {
 TINY_STEPS = 30
 TINY_CELLS = 40
 TINY_TASKS = ("norman_pairs", "kang_cell_type")
-SCGEN_TASKS = ("kang_cell_type", "kang_donor")
-# scGen as in pertpy's tutorial (pertpy.tools.Scgen): 100 epochs, batch 32, early stopping
-SCGEN_TRAIN = {"max_epochs": 100, "batch_size": 32, "early_stopping": True}
+SCGEN_TASKS = ("kang_cell_type", "kang_donor")  # scGen's own task (benchmarks/scgen.py)
 
 DOLORIS = "Doloris"
 UNCALIBRATED = "Doloris uncalibrated"
@@ -177,44 +176,6 @@ def predict_baseline(model, name: str, fold: tasks.Fold, cond: tasks.Condition, 
     return _dense(pred.X)
 
 
-def train_scgen(fold: tasks.Fold, seed: int, max_epochs: int | None):
-    """pertpy's scGen trained on the fold (its tutorial's settings); (model, seconds) or None."""
-    try:
-        import pertpy as pt
-        import scvi
-
-        scvi.settings.seed = seed
-        setup = fold.setup
-        adata = fold.train.copy()
-        start = time.perf_counter()
-        pt.tl.Scgen.setup_anndata(
-            adata, batch_key=setup["perturbation_key"], labels_key=setup["cell_type_key"]
-        )
-        model = pt.tl.Scgen(adata)
-        kw = {**SCGEN_TRAIN, "enable_progress_bar": False}
-        if max_epochs is not None:
-            kw["max_epochs"] = max_epochs
-        model.train(**kw)
-        return model, time.perf_counter() - start
-    except Exception as err:  # pertpy / JAX problems must not stop the benchmark
-        print(f"  scGen skipped: {type(err).__name__}: {err}")
-        return None
-
-
-def predict_scgen(model, fold: tasks.Fold, cond: tasks.Condition, view: str) -> np.ndarray:
-    """scGen's latent arithmetic from the condition's input cells."""
-    ctrl = fold.input_cells(cond, view).copy()
-    ctrl.obs[fold.setup["cell_type_key"]] = cond.cell_type
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pred = model.predict(
-            ctrl_key=fold.setup["control_group"],
-            stim_key=cond.perturbation,
-            adata_to_predict=ctrl,
-        )[0]
-    return _dense(pred.X)
-
-
 # ---------------------------------------------------------------------------------- scoring
 def score(P: np.ndarray, R: np.ndarray, C: np.ndarray, de: np.ndarray) -> dict:
     """E-distance, EMD and RMSE on all genes, E-distance on the top-20 DE genes, Pearson delta."""
@@ -329,13 +290,13 @@ def run_job(name: str, index: int, seed: int | None, config: Config) -> dict:
                 model, train_s = train_doloris(fold, config, seed, False, ablation)
                 predict_all(f"Doloris {ablation}", model, train_s, calibrate=False)
         if "scGen" in methods and name in SCGEN_TASKS and not config.tiny:
-            trained = train_scgen(fold, seed, None)
+            trained = scgen.train_scgen(fold, seed)
             if trained is not None:
                 model, train_s = trained
                 for v in config.views:
                     for c in conds:
                         t0 = time.perf_counter()
-                        P = predict_scgen(model, fold, c, v)
+                        P = scgen.predict_scgen(model, fold, c, v, seed=seed)
                         record("scGen", c, v, P, train_s, time.perf_counter() - t0)
     what = "baselines" if seed is None else f"seed {seed}"
     print(
