@@ -34,7 +34,7 @@ $(BENCH_STAMP): $(STAMP)
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
-	OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 $(PY) benchmarks/run.py
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1 $(PY) benchmarks/run.py --jobs 2 --threads 1
 
 # seconds-long smoke run of the benchmark (CI's configuration), written to a temporary directory
 bench-tiny: $(STAMP)

@@ -278,7 +278,7 @@ def train(
     ] = None,
     max_epochs: Annotated[
         int | None,
-        typer.Option(min=1, help="Training epochs (default: about 2000 optimisation steps)."),
+        typer.Option(min=1, help="Training epochs (default: at most 600 optimisation steps)."),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Cells per step.")] = 128,
     preset: Annotated[
@@ -381,7 +381,7 @@ def predict(
     layer: Annotated[
         str | None, typer.Option(help="Layer of CONTROLS to read (default: the model's).")
     ] = None,
-    n_steps: Annotated[int, typer.Option(min=1, help="DDIM steps of each ODE run.")] = 50,
+    n_steps: Annotated[int, typer.Option(min=1, help="DDIM steps of each ODE run.")] = 20,
     batch_size: Annotated[int, typer.Option(min=1, help="Control cells per batch.")] = 512,
     seed: Annotated[int, SEED] = 0,
     normalize: Annotated[

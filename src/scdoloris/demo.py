@@ -47,7 +47,7 @@ class DemoConfig:
     n_held_out
         Gene pairs held out of training and predicted.
     max_epochs
-        Training epochs; ``None``: the model's default (about 2000 optimisation steps).
+        Training epochs; ``None``: the model's default (at most 600 optimisation steps).
     n_steps
         DDIM steps of prediction.
     model_kwargs
@@ -60,13 +60,15 @@ class DemoConfig:
     n_pairs: int
     n_held_out: int
     max_epochs: int | None
-    n_steps: int = 50
+    n_steps: int = 20
     model_kwargs: dict = field(default_factory=dict)
 
 
-#: About 3000 cells x 400 genes, the default model, 50 epochs (~950 steps; the loss has
-#: flattened by then).
-DEFAULT = DemoConfig(n_cells=3000, n_genes=400, n_single=10, n_pairs=8, n_held_out=4, max_epochs=50)
+#: About 3000 cells x 400 genes, the default model trained for its default length (at most 600
+#: optimisation steps) and predicted with the default 20 + 20 DDIM steps.
+DEFAULT = DemoConfig(
+    n_cells=3000, n_genes=400, n_single=10, n_pairs=8, n_held_out=4, max_epochs=None
+)
 #: Tiny data, a small model and a few epochs: seconds (for CI and a first look).
 FAST = DemoConfig(
     n_cells=400,

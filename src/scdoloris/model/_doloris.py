@@ -50,7 +50,9 @@ from ._presets import PRESETS, module_options
 from ._setup import SetupMixin
 
 EXIT_SIGTERM = 128 + signal.SIGTERM  # the shell's status of a process stopped by SIGTERM
-DEFAULT_TRAIN_STEPS = 2000
+#: Optimisation steps of ``train()`` without ``max_epochs``: the shortest length whose inner
+#: validation error matched 2000 steps (benchmarks/defaults.py; numbers in docs/guide/training.md).
+DEFAULT_TRAIN_STEPS = 600
 
 
 class DolorisModel(
@@ -229,9 +231,9 @@ class DolorisModel(
         Parameters
         ----------
         max_epochs
-            Passes over the data. ``None`` gives about 2000 optimisation steps (at least 10
-            and at most 2000 epochs), which the default preset runs in minutes on a CPU for a
-            few thousand cells.
+            Passes over the data. ``None`` gives at most 600 optimisation steps (whole epochs,
+            at least one), which the default preset runs in about a minute on a CPU for a few
+            thousand cells.
         batch_size
             Cells per step.
         stage
@@ -281,7 +283,7 @@ class DolorisModel(
         n_train = max(1, int(round(self.adata.n_obs * train_size)))
         if max_epochs is None:
             steps_per_epoch = max(1, math.ceil(n_train / batch_size))
-            max_epochs = int(np.clip(math.ceil(DEFAULT_TRAIN_STEPS / steps_per_epoch), 10, 2000))
+            max_epochs = max(1, DEFAULT_TRAIN_STEPS // steps_per_epoch)
         # log at least once per epoch (Lightning warns when an epoch is shorter than the interval)
         n_batches = max(1, math.ceil(n_train / batch_size))
         trainer_kwargs.setdefault("log_every_n_steps", min(50, n_batches))
@@ -373,7 +375,7 @@ class DolorisModel(
         perturbation: str | Sequence[str] | pd.DataFrame,
         cell_type: str | None = None,
         dose: float | Sequence[float | None] | None = None,
-        n_steps: int = 50,
+        n_steps: int = 20,
         batch_size: int = 512,
         seed: int | None = 0,
         layer: str | None | Literal["setup"] = "setup",
@@ -415,7 +417,9 @@ class DolorisModel(
             Needed for perturbations with a molecule when the model was set up with
             ``dose_key``; 0 means no molecule (the control).
         n_steps
-            DDIM steps of each of the two ODE runs.
+            DDIM steps of each of the two ODE runs. 20 predicted as well as 50 on the inner
+            validation (held-out training conditions) at 2.5x less cost; see
+            :doc:`/guide/prediction`.
         batch_size
             Control cells per batch.
         seed
@@ -539,7 +543,7 @@ class DolorisModel(
         adata: ad.AnnData | None = None,
         indices: Sequence[int] | np.ndarray | None = None,
         cell_type: str | None = None,
-        n_steps: int = 50,
+        n_steps: int = 20,
         batch_size: int = 1024,
         layer: str | None | Literal["setup"] = "setup",
         seed: int | None = 0,
@@ -609,7 +613,7 @@ class DolorisModel(
         self,
         adata_ctrl: ad.AnnData,
         cell_type: str | None = None,
-        n_steps: int = 50,
+        n_steps: int = 20,
         batch_size: int = 1024,
         layer: str | None | Literal["setup"] = "setup",
         seed: int | None = 0,
