@@ -299,3 +299,14 @@ def test_a_pairs_cells_do_not_depend_on_the_other_perturbations_of_the_call(norm
     pair = both[both.obs["perturbation"] == "KLF1+MAP2K6"]
     np.testing.assert_array_equal(pair.X, alone.X)
     assert list(pair.obs["control_cell"]) == list(alone.obs["control_cell"])
+
+
+def test_default_length_is_whole_epochs_of_at_most_the_default_steps(
+    tiny_simulated_model, monkeypatch
+):
+    from scdoloris.model import _doloris
+
+    adata, model = tiny_simulated_model(200, 60)
+    monkeypatch.setattr(_doloris, "DEFAULT_TRAIN_STEPS", 10)  # 200 cells / 64 = 4 steps an epoch
+    model.train(batch_size=64, calibrate=False, enable_progress_bar=False)
+    assert len(model.history["train_loss"]) == 2  # 8 steps: whole epochs, never more than 10

@@ -55,6 +55,18 @@ EXIT_SIGTERM = 128 + signal.SIGTERM  # the shell's status of a process stopped b
 DEFAULT_TRAIN_STEPS = 600
 
 
+def default_max_epochs(n_train: int, batch_size: int) -> int:
+    """Whole epochs of at most :data:`DEFAULT_TRAIN_STEPS` optimisation steps (at least one).
+
+    Examples
+    --------
+    >>> default_max_epochs(3375, 128)  # the Norman subset: 27 steps per epoch, 594 steps
+    22
+    """
+    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+    return max(1, DEFAULT_TRAIN_STEPS // steps_per_epoch)
+
+
 class DolorisModel(
     SetupMixin,
     CalibrationMixin,
@@ -282,8 +294,7 @@ class DolorisModel(
             )
         n_train = max(1, int(round(self.adata.n_obs * train_size)))
         if max_epochs is None:
-            steps_per_epoch = max(1, math.ceil(n_train / batch_size))
-            max_epochs = max(1, DEFAULT_TRAIN_STEPS // steps_per_epoch)
+            max_epochs = default_max_epochs(n_train, batch_size)
         # log at least once per epoch (Lightning warns when an epoch is shorter than the interval)
         n_batches = max(1, math.ceil(n_train / batch_size))
         trainer_kwargs.setdefault("log_every_n_steps", min(50, n_batches))
