@@ -698,7 +698,7 @@ def report(info: dict, cfg: PerfConfig, results: dict) -> str:
         "predict busy cells/s | predict slowdown | DDIM loop cells/s | predict peak MiB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for row in results["grid"]:
+    for row in sorted(results["grid"], key=lambda r: (r["preset"], r["n_genes"], r["n_cells"])):
         tr, pr = row.get("train", {}), row.get("predict", {})
         err = "; ".join(
             f"{k}: {v['error']}" for k, v in (("train", tr), ("predict", pr)) if "error" in v
@@ -848,8 +848,11 @@ def main(argv: list[str] | None = None) -> int:
             if "error" not in written:
                 written = {**written, **run_phase(cfg, "backed_train", path)}
             record("backed_train", written)
-    if "grid" in args.parts:
-        results["grid"] = []
+    if "grid" in args.parts:  # re-measured rows replace their earlier versions (--append)
+        keys = {(p, g, c) for p in cfg.presets for g in cfg.genes for c in cfg.cells}
+        results["grid"] = [
+            r for r in results["grid"] if (r["preset"], r["n_genes"], r["n_cells"]) not in keys
+        ]
         for preset in cfg.presets:
             for n_genes in cfg.genes:
                 for n_cells in cfg.cells:
