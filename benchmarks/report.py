@@ -234,7 +234,7 @@ def build(out_dir: Path, info: dict) -> str:
     """RESULTS.md from every ``results/<task>.csv`` and its run record."""
     import tasks
 
-    results, sections = {}, []
+    results, sections, seconds = {}, [], 0.0
     for name in tasks.TASKS:
         csv = out_dir / "results" / f"{name}.csv"
         if not csv.exists():
@@ -242,6 +242,7 @@ def build(out_dir: Path, info: dict) -> str:
         table = pd.read_csv(csv)
         record = json.loads((out_dir / "results" / f"{name}.json").read_text())
         results[name] = table
+        seconds += record["seconds"]
         sections.append(task_section(name, table, record))
     head = [
         "# scdoloris benchmark results (cross-validated)",
@@ -252,6 +253,8 @@ def build(out_dir: Path, info: dict) -> str:
         f"- Last command: `{info['command']}`",
         f"- Commit: `{info['commit']}`; date {info['date']}",
         f"- Machine: {info['machine']}",
+        f"- Wall time: {seconds:.0f} s (the sum over the task kinds' runs; each section gives "
+        "its own command and seconds)",
         "",
         "Values: mean over conditions (each the mean over seeds) ± the sd over seeds of the "
         "mean over conditions, [95% bootstrap interval over conditions] (median over "
