@@ -15,6 +15,7 @@ from scdoloris import _threads
 from scdoloris._threads import (
     SMALL_MODEL_SIZE,
     SMALL_MODEL_THREADS,
+    SPARE_CORES,
     available_cores,
     default_num_threads,
     resolve_num_threads,
@@ -118,8 +119,8 @@ def test_default_rule_small_and_large_models(monkeypatch):
     for phase in ("train", "predict"):
         assert default_num_threads(500, width, phase) == SMALL_MODEL_THREADS[phase]
         assert default_num_threads(small_genes, width, phase) == SMALL_MODEL_THREADS[phase]
-        assert default_num_threads(small_genes + 1, width, phase) == 8
-        assert default_num_threads(5000, 1024, phase) == 8
+        assert default_num_threads(small_genes + 1, width, phase) == 8 - SPARE_CORES
+        assert default_num_threads(5000, 1024, phase) == 8 - SPARE_CORES
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the cap bounds every answer
     assert default_num_threads(5000, 1024) == 1
     assert default_num_threads(500, width) == min(SMALL_MODEL_THREADS["train"], 1)
@@ -128,7 +129,7 @@ def test_default_rule_small_and_large_models(monkeypatch):
 def test_resolve_precedence(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "8")
     monkeypatch.setattr(scvi.settings, "_num_threads", None)
-    assert resolve_num_threads(None, 5000, 1024, on_cpu=True) == 8
+    assert resolve_num_threads(None, 5000, 1024, on_cpu=True) == 8 - SPARE_CORES
     assert resolve_num_threads(None, 500, 512, on_cpu=True) == SMALL_MODEL_THREADS["train"]
     assert resolve_num_threads(None, 500, 512, on_cpu=False) is None  # GPU: leave it alone
     assert resolve_num_threads(3, 500, 512, on_cpu=True) == 3  # the argument first

@@ -34,6 +34,9 @@ SMALL_MODEL_THREADS: dict[str, int] = {"train": 1, "predict": 1}
 #: Largest ``n_genes * n_hidden`` counted as small: the default preset (width 512) up to 2000
 #: genes.
 SMALL_MODEL_SIZE = 2000 * 512
+#: Cores a larger model leaves to the rest of the machine: one busy process beside a model that
+#: used every core made training 7x slower (paper preset, 2000 genes, 2 cores; PERF.md).
+SPARE_CORES = 1
 #: The environment variable that caps the thread count.
 THREAD_VARIABLE = "OMP_NUM_THREADS"
 
@@ -68,14 +71,16 @@ def default_num_threads(
 
     A model is *small* when ``n_genes * n_hidden <= SMALL_MODEL_SIZE`` (the default preset
     up to 2000 genes); a small model gets ``SMALL_MODEL_THREADS[phase]`` threads, a larger one
-    all of :func:`available_cores`. Never more than :func:`available_cores`.
+    all of :func:`available_cores` but ``SPARE_CORES`` (at least one).
 
-    The constants are to be set from the numbers of ``make perf`` (the "Threads" section of
-    ``benchmarks/PERF.md``, written by ``python benchmarks/perf.py --parts threads``: training
-    and prediction cells/s at 1, 2 and all threads across the preset x genes grid, idle and
-    beside one busy process), on an otherwise idle machine. Until then they are a first guess
-    from issue #17's measurement: at 500 genes on 2 cores, one thread was 1.7x slower beside a
-    busy process where two threads were 3.1x slower.
+    The constants were set from the numbers of ``make perf`` (the "Threads" section of
+    ``benchmarks/PERF.md``, ``python benchmarks/perf.py --parts threads``: training and
+    prediction cells/s at 1 and 2 threads for both presets at 500 and 2000 genes, idle and
+    beside one busy process, on 2 cores). Idle, two threads trained 1.5-1.75x faster than one;
+    beside one busy process two threads trained 7-32x SLOWER than idle, while one thread was
+    not slowed at all (0.96-1.06x): threads that outnumber the free cores wait for each
+    other. A model cannot know whether the machine will stay idle, so it takes the choice
+    that never collapses.
 
     Parameters
     ----------
@@ -93,7 +98,7 @@ def default_num_threads(
     cores = available_cores()
     if n_genes * n_hidden <= SMALL_MODEL_SIZE:
         return min(SMALL_MODEL_THREADS[phase], cores)
-    return cores
+    return max(1, cores - SPARE_CORES)
 
 
 def resolve_num_threads(
