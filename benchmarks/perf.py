@@ -34,6 +34,10 @@ process's affinity mask), idle and beside one busy process; with the best count 
 count the model's default rule picks (``scdoloris._threads.default_num_threads``, whose
 constants are chosen from these numbers).
 
+End to end (part ``e2e``): the wall time of ``python -m scdoloris demo`` (what ``make demo``
+runs) and of the README's Usage example (``benchmarks/readme_example.py``), each in a fresh
+process on an idle machine.
+
 As a user runs it (part ``user``): ``benchmarks/contention.py``, the Norman subset after
 ``sc.pp.normalize_total`` + ``sc.pp.log1p``, the default model, 4 epochs alone and beside one
 busy process, in a process without thread environment variables (see its docstring).
@@ -668,6 +672,49 @@ def user_report(result: dict | None) -> list[str]:
     return lines + contention.markdown(result)
 
 
+def end_to_end() -> dict:
+    """Wall times of ``make demo``'s command and of the README example (``readme_example.py``),
+    each in a fresh process as a user starts it (the package installed, no warm-up)."""
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        demo = [sys.executable, "-m", "scdoloris", "demo", "-o", tmp]
+        done = subprocess.run(demo, capture_output=True, text=True)
+        out["demo_s"] = time.perf_counter() - t0
+        if done.returncode != 0:
+            out["demo_error"] = done.stderr[-500:]
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "readme_example.py")], capture_output=True, text=True
+    )
+    out["readme_wall_s"] = time.perf_counter() - t0
+    if done.returncode == 0:
+        out["readme"] = json.loads(done.stdout.strip().splitlines()[-1])
+    else:
+        out["readme_error"] = done.stderr[-500:]
+    return out
+
+
+def e2e_report(result: dict | None) -> list[str]:
+    """The "end to end" section: ``make demo`` and the README example, idle."""
+    if result is None:
+        return []
+    lines = ["", "## End to end, idle: `make demo` and the README example", ""]
+    if "demo_error" in result or "readme_error" in result:
+        errors = [result.get("demo_error", ""), result.get("readme_error", "")]
+        return lines + [f"The measurement failed: {' '.join(errors)}"]
+    r = result["readme"]
+    return lines + [
+        f"- `python -m scdoloris demo` (what `make demo` runs): **{result['demo_s']:.0f} s** "
+        "wall time.",
+        f"- The README's Usage example (`benchmarks/readme_example.py`; "
+        f"{r['n_train_cells']:,} training cells, {r['n_control_cells']} control cells "
+        f"predicted for two pairs): **{result['readme_wall_s']:.0f} s** wall time "
+        f"(imports, read and set-up {r['setup_s']:.1f} s, `train()` {r['train_s']:.1f} s, "
+        f"`predict` {r['predict_s']:.1f} s, UMAP, save and load {r['umap_save_load_s']:.1f} s).",
+    ]
+
+
 def report(info: dict, cfg: PerfConfig, results: dict) -> str:
     lines = [
         "# scdoloris speed and memory" + (" (QUICK smoke configuration)" if cfg.quick else ""),
@@ -715,6 +762,7 @@ def report(info: dict, cfg: PerfConfig, results: dict) -> str:
             + (f" {err}" if err else "")
         )
     lines += threads_report(cfg, results.get("threads")) + user_report(results.get("user"))
+    lines += e2e_report(results.get("e2e"))
     big = results.get("large_predict", {})
     if big and "error" not in big:
         lines += [
@@ -791,8 +839,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--parts",
         nargs="+",
-        default=["ratios", "large", "backed", "grid", "threads", "user"],
-        choices=["ratios", "large", "backed", "grid", "threads", "user"],
+        default=["ratios", "large", "backed", "grid", "threads", "user", "e2e"],
+        choices=["ratios", "large", "backed", "grid", "threads", "user", "e2e"],
         help="what to measure (default: all)",
     )
     parser.add_argument(
@@ -874,6 +922,8 @@ def main(argv: list[str] | None = None) -> int:
     if "user" in args.parts:
         scenario = contention.QUICK if cfg.quick else contention.ScenarioConfig()
         record("user", contention.run(scenario))
+    if "e2e" in args.parts and not cfg.quick:
+        record("e2e", end_to_end())
     write()
     print(f"wrote {args.output / 'PERF.md'}")
     return 0
