@@ -16,7 +16,8 @@ command line ``scdoloris demo`` calls it and prints its summary. Steps:
 
 The run time depends on the machine; ``scdoloris demo`` prints it, step by step, at the end.
 Measured with ``make demo`` on an idle 2-core CPU (torch at one thread, the model's default):
-63 s wall time, 53 s of it training (with the calibration's inner model).
+59-63 s wall time in two runs, about 50 s of it training (with the calibration's inner
+model); ``benchmarks/PERF.md`` has the latest measurement.
 """
 
 from __future__ import annotations
