@@ -61,6 +61,8 @@ def setup(threads: int | None = 1) -> float:
 
     sc.settings.verbosity = 0
     sc.set_figure_params(dpi=80, frameon=False, figsize=(4, 4), ipython_format="png")
+    import scvi  # noqa: F401  (imports Lightning, which sets its loggers to INFO on import)
+
     for name in ["lightning.pytorch", "lightning.fabric", "scvi"]:  # e.g. "Seed set to 0"
         logging.getLogger(name).setLevel(logging.WARNING)
     print(", ".join(f"{p} {version(p)}" for p in PACKAGES))
