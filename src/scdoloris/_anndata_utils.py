@@ -96,14 +96,25 @@ def check_log_normalised(X, where: str = "adata.X") -> None:
         )
 
 
-def _check_genes(adata: ad.AnnData, genes: Sequence[str], what: str) -> pd.Index:
-    """``genes`` as an Index; a ValueError naming duplicated var_names or missing genes."""
-    genes = pd.Index(genes)
+def check_unique_var_names(adata: ad.AnnData, what: str = "adata") -> None:
+    """A ValueError naming duplicated ``var_names`` (genes are matched by name) and the fix.
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np
+    >>> check_unique_var_names(ad.AnnData(np.zeros((1, 2), dtype=np.float32)))
+    """
     if not adata.var_names.is_unique:
         dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
         raise ValueError(
             f"{what}.var_names has duplicates (e.g. {dup}). Run `{what}.var_names_make_unique()`."
         )
+
+
+def _check_genes(adata: ad.AnnData, genes: Sequence[str], what: str) -> pd.Index:
+    """``genes`` as an Index; a ValueError naming duplicated var_names or missing genes."""
+    genes = pd.Index(genes)
+    check_unique_var_names(adata, what)
     missing = genes.difference(adata.var_names)
     if len(missing) > 0:
         raise ValueError(

@@ -36,6 +36,7 @@ from scipy import sparse
 from ._anndata_utils import (
     align_genes,
     check_log_normalised,
+    check_unique_var_names,
     close_matches,
     get_matrix,
     prediction_anndata,
@@ -147,11 +148,7 @@ def _training_means(
 ) -> _TrainingMeans:
     if not isinstance(adata, ad.AnnData):
         raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}.")
-    if not adata.var_names.is_unique:
-        dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
-        raise ValueError(
-            f"adata.var_names has duplicates (e.g. {dup}). Run `adata.var_names_make_unique()`."
-        )
+    check_unique_var_names(adata)
     raw = _obs_labels(adata, perturbation_key, "perturbation_key")
     unique, inverse = np.unique(raw, return_inverse=True)
     canon = np.array([normalize_perturbation(u, control_group, delimiter) for u in unique])

@@ -11,7 +11,13 @@ from scvi.data import AnnDataManager
 from scvi.data._constants import _SETUP_ARGS_KEY
 from scvi.data.fields import CategoricalObsField, LayerField, NumericalObsField
 
-from .._anndata_utils import check_log_normalised, close_matches, did_you_mean, get_matrix
+from .._anndata_utils import (
+    check_log_normalised,
+    check_unique_var_names,
+    close_matches,
+    did_you_mean,
+    get_matrix,
+)
 from .._constants import REGISTRY_KEYS
 from .._fields import PerturbationTokenField, tokenize_column
 from ._data import BACKED_CHUNK
@@ -210,11 +216,7 @@ def validate_setup(
         raise TypeError(f"Expected an AnnData, got {type(adata).__name__}.")
     if adata.n_obs == 0:
         raise ValueError("The AnnData has no cells (n_obs == 0).")
-    if not adata.var_names.is_unique:
-        dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
-        raise ValueError(
-            f"var_names has duplicates (e.g. {dup}). Run adata.var_names_make_unique()."
-        )
+    check_unique_var_names(adata)
     columns = [str(c) for c in adata.obs.columns]
     for what, key in (("perturbation_key", perturbation_key), ("cell_type_key", cell_type_key)):
         if key is not None and key not in adata.obs:
