@@ -19,8 +19,10 @@ Usage::
 ``scdoloris.ablations`` (``residual=none``). Each is a comma-separated ``key=value`` list; ``""``
 is the default. The
 table printed (and written to ``--out``) gives, per setting, the mean over inner conditions of
-the uncalibrated model's E-distance and EMD and of the calibrated prediction's (the
-calibration fitted on the same inner scores), per task kind and over all.
+the uncalibrated model's E-distance and EMD and of the calibrated prediction's, with the
+calibration fitted on the same inner scores ("calibrated") and, per condition, on the other
+inner conditions only ("calibrated LOO", leave one condition out: the choice is not made on
+the condition it is scored on), per task kind and over all.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import run
 import tasks
 from _machine import run_record
 
-from scdoloris.model._calibration import Calibration
+from scdoloris.model._calibration import Calibration, _is_candidate
 
 
 def parse_setting(text: str) -> dict:
@@ -102,8 +104,11 @@ def study_fold(fold, seed: int, train_settings: list[str], predict_settings: lis
             for cond, frame in scores.groupby("condition"):
                 kind = frame["kind"].iloc[0]
                 alone = frame[frame["weight"] == 1.0].iloc[0]
-                baseline, weight = calibration.choice(kind)
-                chosen = frame[(frame["baseline"] == baseline) & (frame["weight"] == weight)]
+                chosen = frame[_is_candidate(frame, calibration.choice(kind))]
+                # the calibration fitted without this condition: the choice is not made on
+                # the condition it is scored on
+                rest = Calibration.fit(scores[scores["condition"] != cond])
+                held = frame[_is_candidate(frame, rest.choice(kind))]
                 rows.append(
                     {
                         "task": fold.task,
@@ -117,6 +122,8 @@ def study_fold(fold, seed: int, train_settings: list[str], predict_settings: lis
                         "EMD model": alone["emd"],
                         "E calibrated": chosen["e_distance"].iloc[0],
                         "EMD calibrated": chosen["emd"].iloc[0],
+                        "E calibrated LOO": held["e_distance"].iloc[0],
+                        "EMD calibrated LOO": held["emd"].iloc[0],
                         "train s": train_s,
                         "predict s": predict_s,
                     }
@@ -134,7 +141,14 @@ def model_default_steps() -> int:
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
     """Per setting: means over conditions (and seeds) per task kind and over all task kinds."""
-    cols = ["E model", "EMD model", "E calibrated", "EMD calibrated"]
+    cols = [
+        "E model",
+        "EMD model",
+        "E calibrated",
+        "EMD calibrated",
+        "E calibrated LOO",
+        "EMD calibrated LOO",
+    ]
     per_task = table.groupby(["train", "predict", "task"])[cols].mean()
     overall = per_task.groupby(["train", "predict"]).mean()  # each task kind weighs alike
     overall["task"] = "all (mean of task kinds)"

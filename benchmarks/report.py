@@ -172,7 +172,10 @@ def calibration_lines(record: dict) -> list[str]:
         return []
     frame = pd.DataFrame(choices).drop(columns=["task"])
     kinds = [c for c in frame.columns if c not in ("fold", "seed")]
-    lines = ["Calibration chosen by each fold's inner validation (baseline and model weight):", ""]
+    lines = [
+        "Calibration chosen by each fold's inner validation (baseline, model weight, blend):",
+        "",
+    ]
     for kind in kinds:
         counts = frame[kind].dropna().value_counts()
         lines.append(f"- {kind}: " + ", ".join(f"{k} ({n}x)" for k, n in counts.items()))

@@ -283,7 +283,10 @@ def run_job(name: str, index: int, seed: int | None, config: Config) -> dict:
                     "task": name,
                     "fold": fold.index,
                     "seed": seed,
-                    **{k: f"{b} {w:g}" for k, (b, w) in model.calibration.choices.items()},
+                    **{
+                        k: f"{b} {w:g}" + (f" {how}" if 0 < w < 1 else "")
+                        for k, (b, w, how) in model.calibration.choices.items()
+                    },
                 }
             for method, (ablation, kw) in wanted.items():
                 predict_all(method, model, train_s, ablation, **kw)

@@ -3,10 +3,13 @@ model's use of them (train runs the inner validation; predict blends and reports
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from scdoloris import ablations
 from scdoloris.metrics import e_distance
 from scdoloris.model._calibration import (
     DEFAULT_BASELINE,
@@ -15,6 +18,7 @@ from scdoloris.model._calibration import (
     Calibration,
     ConditionKey,
     blend,
+    blend_scale,
     condition_kind,
     plan_validation,
 )
@@ -96,9 +100,9 @@ def test_fit_keeps_the_equal_blend_unless_the_evidence_is_clear():
     rows += _candidates("h", "new combination", ("Additive", 1.0), ("NoChange", "Additive"), 0.1)
     rows += _candidates("i", "new combination", ("Additive", 1.0), ("NoChange", "Additive"), 0.1)
     cal = Calibration.fit(_scores(rows))
-    assert cal.choice("transfer") == ("MeanShift", 1.0)
-    assert cal.choice("unseen token") == ("MeanShift", 0.5)
-    assert cal.choice("new combination") == ("Additive", 0.5)
+    assert cal.choice("transfer")[:2] == ("MeanShift", 1.0)
+    assert cal.choice("unseen token") == ("MeanShift", 0.5, "scaled")
+    assert cal.choice("new combination") == ("Additive", 0.5, "scaled")
     # a kind without inner conditions: decided on the pooled ones, with its own baseline
     assert cal.validated_on["seen"] == "pooled" and cal.choice("seen")[0] == "MeanShift"
     assert cal.validated_on["transfer"] == "transfer"
@@ -113,21 +117,58 @@ def test_fit_keeps_the_equal_blend_unless_the_evidence_is_clear():
     assert summary.loc["transfer", "E NoChange"] == pytest.approx(2.0)
 
 
+def test_fit_chooses_the_cell_by_cell_blend_on_clear_evidence():
+    rows = []
+    for c in "abcd":
+        for w, how, e in ((0.0, "scaled", 2.0), (0.5, "scaled", 1.5), (0.5, "cells", 1.0)):
+            rows.append((c, "transfer", "MeanShift", w, how, e, 0.1))
+        rows.append((c, "transfer", "MeanShift", 1.0, "scaled", 2.0, 0.1))
+    columns = ["condition", "kind", "baseline", "weight", "blend", "e_distance", "emd"]
+    cal = Calibration.fit(pd.DataFrame(rows, columns=columns))
+    assert cal.choice("transfer") == ("MeanShift", 0.5, "cells")
+    assert cal.expected_error("transfer")["e_distance"] == pytest.approx(1.0)
+    assert cal.summary().loc["transfer", "E calibrated"] == pytest.approx(1.0)
+    # a calibration saved before the blend could be chosen was cell by cell
+    old = {
+        "scores": {c: [] for c in columns if c != "blend"},
+        "choices": {"transfer": ["MeanShift", 0.5]},
+    }
+    assert Calibration.from_dict(old).choice("transfer") == ("MeanShift", 0.5, "cells")
+
+
 def test_ties_stay_with_the_default():
     rows = [(c, "seen", "MeanShift", w, 1.0, 0.1) for c in "abc" for w in (0.0, 0.5, 1.0)]
-    assert Calibration.fit(_scores(rows)).choice("seen") == ("MeanShift", 0.5)
+    assert Calibration.fit(_scores(rows)).choice("seen") == ("MeanShift", 0.5, "scaled")
 
 
 def test_without_calibration_the_model_is_used():
-    assert Calibration(_scores([])).choice("transfer") == ("NoChange", 1.0)
+    assert Calibration(_scores([])).choice("transfer")[:2] == ("NoChange", 1.0)
 
 
-def test_blend_is_exact_at_the_ends_and_linear_between():
+def test_blend_is_exact_at_the_ends():
     model = np.array([[2.0, 0.0], [1.0, 3.0]])
     base = np.array([[1.0, 1.0], [0.0, 1.0]])
     assert blend(model, base, 1.0) is model
     assert blend(model, base, 0.0) is base
-    np.testing.assert_allclose(blend(model, base, 0.25), [[1.25, 0.75], [0.25, 1.5]])
+
+
+def test_blend_keeps_the_models_cells_and_takes_the_blended_mean():
+    rng = np.random.default_rng(0)
+    model = rng.gamma(2.0, 1.0, size=(50, 4)) * (rng.random((50, 4)) < 0.6)
+    base = rng.gamma(2.0, 1.0, size=(50, 4)) * [0.5, 0.8, 1.0, 20.0]
+    model[:, 2] = 0  # gene 2: the model says silent; gene 3: the baseline's mean is 20x higher
+    weight = 0.5
+    out = blend(model, base, weight)
+    cells = (1 - weight) * base + weight * model
+    # every gene has the mean of the cell-by-cell blend
+    np.testing.assert_allclose(out.mean(axis=0), cells.mean(axis=0))
+    # genes within a two-fold factor keep the model's zeros and its cells' order
+    scale = blend_scale(model.mean(axis=0), base.mean(axis=0), weight)
+    assert np.isfinite(scale[:2]).all() and np.isnan(scale[2:]).all()
+    np.testing.assert_array_equal(out[:, :2] == 0, model[:, :2] == 0)
+    np.testing.assert_allclose(out[:, :2], model[:, :2] * scale[:2])
+    # the others take the cell-by-cell blend
+    np.testing.assert_allclose(out[:, 2:], cells[:, 2:])
 
 
 # ---------------------------------------------------------------- the model
@@ -168,14 +209,14 @@ def test_train_runs_the_inner_validation(calibrated):
     assert set(cal.choices) == set(KINDS)
     for kind, choice in cal.choices.items():
         assert choice[1] in (0.0, 0.25, 0.5, 0.75, 1.0)
-        default = (DEFAULT_BASELINE[kind], PRIOR_WEIGHT)
+        default = (DEFAULT_BASELINE[kind], PRIOR_WEIGHT, "scaled")
         if choice == default:
             continue
         frame = cal._frame(kind)
         if cal.validated_on[kind] == "pooled":
             frame = frame[frame["baseline"] == DEFAULT_BASELINE[kind]]
         loss = frame["e_distance"] / frame["e_distance"].mean() + frame["emd"] / frame["emd"].mean()
-        means = frame.assign(loss=loss).groupby(["baseline", "weight"])["loss"].mean()
+        means = frame.assign(loss=loss).groupby(["baseline", "weight", "blend"])["loss"].mean()
         assert means[choice] < means[default], (kind, choice)
 
 
@@ -183,17 +224,34 @@ def test_predict_blends_the_model_and_the_baseline(calibrated):
     adata, model = calibrated
     ctrl = adata[(adata.obs["perturbation"] == "ctrl") & (adata.obs["cell_type"] == "type_0")]
     pert = adata.obs.loc[adata.obs["perturbation"] != "ctrl", "perturbation"].iloc[0]
-    raw = model.predict(ctrl, pert, seed=0, calibrate=False, progress_bar=False)
-    cal = model.predict(ctrl, pert, seed=0, progress_bar=False)
-    info = cal.uns["scdoloris"]["calibration"][pert]["type_0"]
-    assert info["kind"] == "seen"
-    baseline = model.baselines_.predict(
-        info["baseline"],
-        ctrl.X.toarray() if hasattr(ctrl.X, "toarray") else ctrl.X,
-        pert,
-        np.full(ctrl.n_obs, "type_0"),
-    )
-    np.testing.assert_allclose(cal.X, blend(raw.X, baseline, info["weight"]), rtol=1e-5, atol=1e-6)
+    X = ctrl.X.toarray() if hasattr(ctrl.X, "toarray") else np.asarray(ctrl.X)
+    saved = copy.deepcopy(model.calibration_)
+    # a blend strictly between the two, whatever this tiny model's validation chose
+    model.calibration_["choices"]["seen"] = ["MeanShift", 0.5, "scaled"]
+    try:
+        raw = model.predict(ctrl, pert, seed=0, calibrate=False, progress_bar=False)
+        cal = model.predict(ctrl, pert, seed=0, progress_bar=False)
+        info = cal.uns["scdoloris"]["calibration"][pert]["type_0"]
+        # in small batches the condition's means are still taken over all of its cells
+        kw = {"seed": 0, "progress_bar": False, "batch_size": 7}
+        small = model.predict(ctrl, pert, **kw)
+        raw_small = model.predict(ctrl, pert, calibrate=False, **kw)
+        # the first version's cell-by-cell blend stays as an ablation
+        with ablations.variant("cell blend").applied(model):
+            by_cell = model.predict(ctrl, pert, seed=0, progress_bar=False)
+        # ... and is what predict does where the inner validation chose it
+        model.calibration_["choices"]["seen"] = ["MeanShift", 0.5, "cells"]
+        chosen_cells = model.predict(ctrl, pert, seed=0, progress_bar=False)
+    finally:
+        model.calibration_ = saved
+    assert info["kind"] == "seen" and (info["baseline"], info["weight"]) == ("MeanShift", 0.5)
+    baseline = model.baselines_.predict("MeanShift", X, pert, np.full(ctrl.n_obs, "type_0"))
+    np.testing.assert_allclose(cal.X, blend(raw.X, baseline, 0.5), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(small.X, blend(raw_small.X, baseline, 0.5), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(by_cell.X, 0.5 * (baseline + raw.X), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(chosen_cells.X, by_cell.X)
+    assert chosen_cells.uns["scdoloris"]["calibration"][pert]["type_0"]["blend"] == "cells"
+    assert not np.allclose(by_cell.X, cal.X)
     assert "calibration" not in raw.uns["scdoloris"]
     assert np.isfinite(info["e_distance"]) and info["n_conditions"] >= 1
 

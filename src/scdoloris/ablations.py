@@ -96,6 +96,7 @@ class ModuleSwitches:
 
 UNSEEN_PRIORS = ("detection", "both", "none")
 MASK_MODES = ("coherent", "coupled", "bernoulli", "none")
+BLEND_MODES = ("calibrated", "scaled", "cells")
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,11 @@ class PredictionSwitches:
     ``"values"`` (the method: the input cells moved by the predicted change of expressed
     values), ``"full"`` (the coupled mask's detection rates move by the mask network's
     predicted change too) or ``"none"`` (the decoded cells, the paper). ``depth``: the
-    fraction of the diffusion time the bridge goes through, in (0, 1].
+    fraction of the diffusion time the bridge goes through, in (0, 1]. ``blend``: how the
+    calibration blends the model with a baseline, ``"calibrated"`` (the method: as the inner
+    validation chose per kind, the model's cells scaled per gene to the blended means unless
+    averaging each cell with the baseline's prediction of it did clearly better), ``"cells"``
+    or ``"scaled"`` (always that one; in the inner validation's scores too).
     """
 
     mask: str = "coupled"
@@ -122,9 +127,11 @@ class PredictionSwitches:
     depth: float = 1.0
     mask_top_genes: int = 300
     mask_thresholds: tuple[float, float] = (0.01, 0.99)
+    blend: str = "calibrated"
 
     def __post_init__(self):
         _check("mask", self.mask, MASK_MODES)
+        _check("blend", self.blend, BLEND_MODES)
         _check("start", self.start, ("latent", "noise", "auto"))
         _check("residual", self.residual, ("values", "full", "none"))
         if not 0.0 < self.depth <= 1.0:
@@ -177,6 +184,10 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "no target on controls": {"target_on_controls": False},
     "source on all genes": {"source_on_all_genes": True},
     "no token dropout": {"token_dropout": 0.0},
+    # the calibration's blend: the first version (cell by cell) and scaled cells only; inner
+    # validation of every task kind in benchmarks/README.md
+    "cell blend": {"blend": "cells"},
+    "scaled blend": {"blend": "scaled"},
 }
 
 

@@ -107,12 +107,13 @@ def umap(
 
 def validation(model, path: str | Path | None = None, *, dpi: int = 120):
     """Draw the inner validation of :meth:`~scdoloris.DolorisModel.train`: how the E-distance
-    and EMD of a blend ``(1 - w) * baseline + w * model`` change with the weight ``w``.
+    and EMD of the blend of the model and a baseline change with the model's weight ``w``
+    (:func:`scdoloris.model._calibration.blend`).
 
     One row of two panels (E-distance, EMD) per kind of condition that had inner conditions;
-    one line per baseline (``w = 0`` is the baseline alone, ``w = 1`` the diffusion model
-    alone), the mean over the kind's inner conditions; the blend :meth:`predict` uses is
-    circled. Read it to see whether the model beats the baselines on held-out training
+    one line per baseline and blend (solid: the model's cells scaled, dashed: cell by cell;
+    ``w = 0`` is the baseline alone, ``w = 1`` the diffusion model alone), the mean over the
+    kind's inner conditions; the blend :meth:`predict` uses is circled. Read it to see whether the model beats the baselines on held-out training
     conditions of each kind, and by how much the calibration leans on them.
 
     Parameters
@@ -148,16 +149,29 @@ def validation(model, path: str | Path | None = None, *, dpi: int = 120):
     axes = fig.subplots(len(kinds), 2, squeeze=False)
     for row, kind in zip(axes, kinds, strict=True):
         frame = scores[scores["kind"] == kind]
-        means = frame.groupby(["baseline", "weight"])[["e_distance", "emd"]].mean()
-        baseline, weight = calibration.choice(kind)
+        baseline, weight, how = calibration.choice(kind)
         n = frame["condition"].nunique()
         for ax, metric, label in zip(
             row, ("e_distance", "emd"), ("E-distance", "EMD"), strict=True
         ):
-            for name in means.index.get_level_values(0).unique():
-                curve = means.loc[name, metric]
-                ax.plot(curve.index, curve.to_numpy(), marker="o", ms=3, label=name)
-            chosen = means.loc[(baseline, weight), metric]
+            for i, name in enumerate(dict.fromkeys(frame["baseline"])):
+                for mode, style in zip(dict.fromkeys(frame["blend"]), ("-", "--"), strict=False):
+                    mine = frame[(frame["baseline"] == name)]
+                    mine = mine[(mine["blend"] == mode) | mine["weight"].isin([0.0, 1.0])]
+                    curve = mine.groupby("weight")[metric].mean()
+                    ax.plot(
+                        curve.index,
+                        curve.to_numpy(),
+                        style,
+                        marker="o",
+                        ms=3,
+                        color=f"C{i}",
+                        label=f"{name} ({mode})",
+                    )
+            mine = frame[(frame["baseline"] == baseline) & (frame["weight"] == weight)]
+            if 0 < weight < 1:
+                mine = mine[mine["blend"] == how]
+            chosen = mine[metric].mean()
             ax.plot([weight], [chosen], "o", ms=12, mfc="none", mec="black", label="chosen")
             ax.set_xlabel("weight of the model (0: baseline, 1: model)")
             ax.set_ylabel(f"{label} (lower is better)")

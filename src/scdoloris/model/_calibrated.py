@@ -16,8 +16,9 @@ import pandas as pd
 from scipy import sparse
 
 from .._perturbation import format_tokens
-from ._calibration import Calibration, ConditionKey, condition_kind
+from ._calibration import Calibration, ConditionKey, blend, blend_scale, condition_kind
 from ._data import BACKED_CELLS_PER_CONDITION, _per_condition_sample
+from ._prediction import batches
 
 
 class CalibrationMixin:
@@ -70,14 +71,15 @@ class CalibrationMixin:
         return condition_kind(ConditionKey(tuple(sorted(tokens)), cell_type, dose_label), training)
 
     def _blend_plan(self, parsed, doses, ct_names) -> list[dict] | None:
-        """Per predicted condition: its label, and per cell type its kind, baseline and weight
-        (None without a calibration)."""
+        """Per predicted condition: its label, and per cell type its kind, baseline, weight and
+        blend (None without a calibration)."""
         calibration = self.calibration
         if calibration is None or getattr(self, "baselines_", None) is None:
             return None
         control = self.setup_args["control_group"]
         delimiter = self.setup_args["combination_delimiter"]
         molecules = set(getattr(self, "molecule_names_", []) or [])
+        forced = self._switches().blend  # an ablation's blend, or "calibrated"
         plans = []
         for tokens, d in zip(parsed, doses, strict=True):
             dosed = d is not None and any(t in molecules for t in tokens) and d > 0
@@ -86,26 +88,59 @@ class CalibrationMixin:
             per_type = {}
             for ct in dict.fromkeys(ct_names):
                 kind = self._condition_kind(tokens, str(ct), dose_label) if tokens else "control"
-                baseline, weight = ("NoChange", 1.0) if not tokens else calibration.choice(kind)
-                per_type[str(ct)] = (kind, baseline, weight)
+                choice = calibration.choice(kind) if tokens else ("NoChange", 1.0, "scaled")
+                baseline, weight, how = choice
+                per_type[str(ct)] = (
+                    kind,
+                    baseline,
+                    weight,
+                    how if forced == "calibrated" else forced,
+                )
             plans.append({"label": label, "per_type": per_type})
         return plans
 
-    def _calibrated(self, x_hat: np.ndarray, x: np.ndarray, ct_names, plan: dict) -> np.ndarray:
-        """Blend one batch's predicted cells with the baseline prediction of the same cells."""
-        from ._calibration import blend
+    def _calibrated(
+        self, block: np.ndarray, X, ct_names: np.ndarray, plan: dict, batch_size: int
+    ) -> None:
+        """Blend one condition's predicted cells ``block`` (in place, rows as the input cells
+        ``X``) with the baseline's prediction of the same cells, per cell type.
 
-        x = x.toarray() if sparse.issparse(x) else np.asarray(x, dtype=np.float32)
-        out = x_hat
-        for ct, (_, baseline, weight) in plan["per_type"].items():
-            if weight >= 1.0:
-                continue
-            rows = np.asarray(ct_names) == ct
-            base = self.baselines_.predict(
-                baseline, x[rows], plan["label"], np.full(rows.sum(), ct)
-            )
-            out[rows] = blend(x_hat[rows], base, weight)
-        return out
+        :func:`~._calibration.blend` needs the condition's means per gene, so the input is read
+        twice, batch by batch: once for the means, once to blend.
+        """
+        todo = {ct: choice for ct, (_, *choice) in plan["per_type"].items() if choice[1] < 1.0}
+        if not todo:
+            return
+        ct_names = np.asarray(ct_names)
+        scales = self._blend_scales(block, X, ct_names, plan["label"], todo, batch_size)
+        for sl in batches(block.shape[0], batch_size):
+            x, names = _dense(X[sl]), ct_names[sl]
+            for ct, (baseline, weight, how) in todo.items():
+                rows = np.flatnonzero(names == ct)
+                if len(rows):
+                    base = self.baselines_.predict(baseline, x[rows], plan["label"], names[rows])
+                    at = sl.start + rows
+                    block[at] = blend(block[at], base, weight, scales.get(ct), how)
+
+    def _blend_scales(self, block, X, ct_names, label, todo, batch_size) -> dict:
+        """Per cell type blended with ``"scaled"``, :func:`~._calibration.blend_scale` of the
+        condition's means."""
+        todo = {ct: choice for ct, choice in todo.items() if choice[2] == "scaled"}
+        if not todo:
+            return {}
+        sums = {ct: np.zeros((2, block.shape[1])) for ct in todo}  # model, baseline
+        for sl in batches(block.shape[0], batch_size):
+            x, names = _dense(X[sl]), ct_names[sl]
+            for ct, (baseline, *_) in todo.items():
+                rows = names == ct
+                if rows.any():
+                    base = self.baselines_.predict(baseline, x[rows], label, names[rows])
+                    sums[ct] += (block[sl][rows].sum(axis=0), base.sum(axis=0))
+        scales = {}
+        for ct, (_, weight, _) in todo.items():
+            model_mean, baseline_mean = sums[ct] / max(int((ct_names == ct).sum()), 1)
+            scales[ct] = blend_scale(model_mean, baseline_mean, weight)
+        return scales
 
     def _blend_report(self, names: list[str], plans: list[dict]) -> dict:
         """For uns: per perturbation and cell type, the kind, the blend and the expected error."""
@@ -113,8 +148,18 @@ class CalibrationMixin:
         report = {}
         for name, plan in zip(names, plans, strict=True):
             entry = {}
-            for ct, (kind, baseline, weight) in plan["per_type"].items():
+            for ct, (kind, baseline, weight, how) in plan["per_type"].items():
                 expected = calibration.expected_error(kind) if kind != "control" else {}
-                entry[ct] = {"kind": kind, "baseline": baseline, "weight": weight, **expected}
+                entry[ct] = {
+                    "kind": kind,
+                    "baseline": baseline,
+                    "weight": weight,
+                    "blend": how,
+                    **expected,
+                }
             report[name] = entry
         return report
+
+
+def _dense(X) -> np.ndarray:
+    return X.toarray() if sparse.issparse(X) else np.asarray(X, dtype=np.float32)

@@ -447,9 +447,11 @@ class DolorisModel(
             Features of molecules the model has no row for (a DataFrame indexed by molecule,
             with the columns of the setup's ``molecule_features``).
         calibrate
-            Blend each predicted cell with the baseline prediction of the same input cell as
-            the inner validation of :meth:`train` chose for the condition's kind (see
-            :attr:`validation`): ``(1 - w) * baseline + w * model``. ``False`` returns the
+            Blend the model's prediction with the baseline's prediction of the same input
+            cells as the inner validation of :meth:`train` chose for the condition's kind (see
+            :attr:`validation`): per gene, the model's cells scaled to the mean of
+            ``(1 - w) * baseline + w * model``, so that they keep their zeros and spread
+            (:func:`scdoloris.model._calibration.blend`). ``False`` returns the
             diffusion model's own prediction. ``uns["scdoloris"]["calibration"]`` gives, per
             perturbation, its kind, the baseline, the weight and the inner validation's
             expected E-distance and EMD for that kind.

@@ -16,7 +16,15 @@ from .._constants import REGISTRY_KEYS
 from .._perturbation import format_tokens
 from ..baselines import Additive, MeanShift
 from ..metrics import e_distance, emd
-from ._calibration import BASELINES, WEIGHTS, Calibration, ConditionKey, blend, plan_validation
+from ._calibration import (
+    BASELINES,
+    BLENDS,
+    WEIGHTS,
+    Calibration,
+    ConditionKey,
+    blend,
+    plan_validation,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -261,6 +269,9 @@ class InnerValidationMixin:
         """E-distance and EMD of every candidate (baseline x model weight) on every condition."""
         shifts = self._fit_baselines(split.adata)
         has_types = "cell_type" in split.adata.obs
+        # the blends scored: both, or an ablation's one (inside ablations.Variant.applied)
+        how = inner._switches().blend
+        blends = BLENDS if how == "calibrated" else (how,)
         rows = []
         for cond in split.conditions:
             with warnings.catch_warnings():  # held-out tokens may be unknown to the inner model
@@ -282,17 +293,22 @@ class InnerValidationMixin:
             for baseline in BASELINES:
                 B = shifts.predict(baseline, X, cond.label, cts)
                 for w in WEIGHTS:
-                    e, m = model_scores if w >= 1 else _scores(blend(P, B, w), cond.real)
-                    rows.append(
-                        {
-                            "condition": f"{cond.label} | {cond.cell_type}",
-                            "kind": cond.kind,
-                            "baseline": baseline,
-                            "weight": w,
-                            "e_distance": e,
-                            "emd": m,
-                        }
-                    )
+                    # weights 0 and 1 (the baseline, the model) are the same in every blend
+                    for mode in blends if 0 < w < 1 else blends[:1]:
+                        e, m = (
+                            model_scores if w >= 1 else _scores(blend(P, B, w, how=mode), cond.real)
+                        )
+                        rows.append(
+                            {
+                                "condition": f"{cond.label} | {cond.cell_type}",
+                                "kind": cond.kind,
+                                "baseline": baseline,
+                                "weight": w,
+                                "blend": mode,
+                                "e_distance": e,
+                                "emd": m,
+                            }
+                        )
         return pd.DataFrame(rows)
 
 

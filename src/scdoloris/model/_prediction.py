@@ -2,8 +2,8 @@
 masks, run the bridge batch by batch, and write the AnnData.
 
 :class:`PredictionMixin` holds the steps that need the model; :class:`PredictionRun` is one call's
-encode/decode loop over batches of input cells (the residual, the mask and the calibration's
-blend applied to each predicted cell).
+encode/decode loop over batches of input cells (the residual and the mask applied to each
+predicted cell, then the calibration's blend applied to each condition).
 """
 
 from __future__ import annotations
@@ -433,7 +433,8 @@ class PredictionMixin:
 
 class PredictionRun:
     """One ``predict`` call's second pass: every batch of input cells encoded once and decoded
-    under every condition, then the residual, the mask and the calibration's blend.
+    under every condition, then the residual and the mask, and at the end the calibration's
+    blend per condition (it needs the condition's means).
 
     The output is allocated once and filled batch by batch: peak memory is the output plus one
     batch (the input is read in batches; sparse or backed inputs stay so).
@@ -491,6 +492,10 @@ class PredictionRun:
                     out_p[j * n + sl.start : j * n + sl.stop] = p
                 bar.update(1)
         bar.close()
+        if self.blends is not None:  # per condition: its means are needed first
+            for j, plan in enumerate(self.blends):
+                block = out_X[j * n : (j + 1) * n]
+                self.model._calibrated(block, self.X, self.ct_names, plan, batch_size)
         return out_X, out_p
 
     def _batch(self, sl: slice) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
@@ -535,8 +540,6 @@ class PredictionRun:
                 keep = self.sampler.draw(plan, x_np, self.codes[sl], self.streams[j], p)
                 x_hat = x_hat * torch.as_tensor(keep).to(device)
             x_hat = (x_hat * module.x_max).cpu().numpy()
-            if self.blends is not None:
-                x_hat = self.model._calibrated(x_hat, x_np, self.ct_names[sl], self.blends[j])
             yield x_hat, None if p is None or not with_p else p.cpu().numpy()
 
 
