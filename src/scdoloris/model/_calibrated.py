@@ -2,9 +2,9 @@
 
 ``train(calibrate=True)`` fits the baselines on the training data and runs the inner
 validation (:mod:`._inner_validation`), whose :class:`~._calibration.Calibration` chooses, per
-kind of condition, a baseline and the weight of the model's prediction; ``predict`` blends
-each predicted cell with the baseline's prediction of the same input cell
-(:func:`~._calibration.blend`).
+kind of condition, a baseline, the weight of the model's prediction and the blend; ``predict``
+blends each condition's predicted cells with the baseline's prediction of the same input
+cells (:func:`~._calibration.blend`).
 """
 
 from __future__ import annotations
