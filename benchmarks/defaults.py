@@ -39,7 +39,7 @@ import run
 import tasks
 from _machine import run_record
 
-from scdoloris.model._calibration import Calibration, _is_candidate
+from scdoloris.model._calibration import Calibration, is_candidate
 
 
 def parse_setting(text: str) -> dict:
@@ -104,11 +104,11 @@ def study_fold(fold, seed: int, train_settings: list[str], predict_settings: lis
             for cond, frame in scores.groupby("condition"):
                 kind = frame["kind"].iloc[0]
                 alone = frame[frame["weight"] == 1.0].iloc[0]
-                chosen = frame[_is_candidate(frame, calibration.choice(kind))]
+                chosen = frame[is_candidate(frame, calibration.choice(kind))]
                 # the calibration fitted without this condition: the choice is not made on
                 # the condition it is scored on
                 rest = Calibration.fit(scores[scores["condition"] != cond])
-                held = frame[_is_candidate(frame, rest.choice(kind))]
+                held = frame[is_candidate(frame, rest.choice(kind))]
                 rows.append(
                     {
                         "task": fold.task,

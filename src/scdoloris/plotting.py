@@ -113,8 +113,9 @@ def validation(model, path: str | Path | None = None, *, dpi: int = 120):
     One row of two panels (E-distance, EMD) per kind of condition that had inner conditions;
     one line per baseline and blend (solid: the model's cells scaled, dashed: cell by cell;
     ``w = 0`` is the baseline alone, ``w = 1`` the diffusion model alone), the mean over the
-    kind's inner conditions; the blend :meth:`predict` uses is circled. Read it to see whether the model beats the baselines on held-out training
-    conditions of each kind, and by how much the calibration leans on them.
+    kind's inner conditions; the blend :meth:`predict` uses is circled. Read it to see whether
+    the model beats the baselines on held-out training conditions of each kind, and by how
+    much the calibration leans on them.
 
     Parameters
     ----------
@@ -136,6 +137,8 @@ def validation(model, path: str | Path | None = None, *, dpi: int = 120):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from .model._calibration import is_candidate
+
     calibration = model.calibration
     if calibration is None or calibration.scores.empty:
         raise ValueError(
@@ -149,14 +152,14 @@ def validation(model, path: str | Path | None = None, *, dpi: int = 120):
     axes = fig.subplots(len(kinds), 2, squeeze=False)
     for row, kind in zip(axes, kinds, strict=True):
         frame = scores[scores["kind"] == kind]
-        baseline, weight, how = calibration.choice(kind)
+        choice = calibration.choice(kind)
         n = frame["condition"].nunique()
         for ax, metric, label in zip(
             row, ("e_distance", "emd"), ("E-distance", "EMD"), strict=True
         ):
             for i, name in enumerate(dict.fromkeys(frame["baseline"])):
                 for mode, style in zip(dict.fromkeys(frame["blend"]), ("-", "--"), strict=False):
-                    mine = frame[(frame["baseline"] == name)]
+                    mine = frame[frame["baseline"] == name]
                     mine = mine[(mine["blend"] == mode) | mine["weight"].isin([0.0, 1.0])]
                     curve = mine.groupby("weight")[metric].mean()
                     ax.plot(
@@ -168,11 +171,8 @@ def validation(model, path: str | Path | None = None, *, dpi: int = 120):
                         color=f"C{i}",
                         label=f"{name} ({mode})",
                     )
-            mine = frame[(frame["baseline"] == baseline) & (frame["weight"] == weight)]
-            if 0 < weight < 1:
-                mine = mine[mine["blend"] == how]
-            chosen = mine[metric].mean()
-            ax.plot([weight], [chosen], "o", ms=12, mfc="none", mec="black", label="chosen")
+            chosen = frame.loc[is_candidate(frame, choice), metric].mean()
+            ax.plot([choice[1]], [chosen], "o", ms=12, mfc="none", mec="black", label="chosen")
             ax.set_xlabel("weight of the model (0: baseline, 1: model)")
             ax.set_ylabel(f"{label} (lower is better)")
             ax.set_title(f"{kind}: {n} inner condition(s)", fontsize=10)

@@ -13,7 +13,6 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
 
 from .._perturbation import format_tokens
 from ._calibration import Calibration, ConditionKey, blend, blend_scale, condition_kind
@@ -103,7 +102,8 @@ class CalibrationMixin:
         self, block: np.ndarray, X, ct_names: np.ndarray, plan: dict, batch_size: int
     ) -> None:
         """Blend one condition's predicted cells ``block`` (in place, rows as the input cells
-        ``X``) with the baseline's prediction of the same cells, per cell type.
+        ``X``, whose slices are dense: ``AlignedRows``) with the baseline's prediction of the
+        same cells, per cell type.
 
         :func:`~._calibration.blend` needs the condition's means per gene, so the input is read
         twice, batch by batch: once for the means, once to blend.
@@ -114,7 +114,7 @@ class CalibrationMixin:
         ct_names = np.asarray(ct_names)
         scales = self._blend_scales(block, X, ct_names, plan["label"], todo, batch_size)
         for sl in batches(block.shape[0], batch_size):
-            x, names = _dense(X[sl]), ct_names[sl]
+            x, names = X[sl], ct_names[sl]
             for ct, (baseline, weight, how) in todo.items():
                 rows = np.flatnonzero(names == ct)
                 if len(rows):
@@ -130,7 +130,7 @@ class CalibrationMixin:
             return {}
         sums = {ct: np.zeros((2, block.shape[1])) for ct in todo}  # model, baseline
         for sl in batches(block.shape[0], batch_size):
-            x, names = _dense(X[sl]), ct_names[sl]
+            x, names = X[sl], ct_names[sl]
             for ct, (baseline, *_) in todo.items():
                 rows = names == ct
                 if rows.any():
@@ -159,7 +159,3 @@ class CalibrationMixin:
                 }
             report[name] = entry
         return report
-
-
-def _dense(X) -> np.ndarray:
-    return X.toarray() if sparse.issparse(X) else np.asarray(X, dtype=np.float32)

@@ -257,7 +257,7 @@ class Calibration:
         """The inner validation's scores of the choice for ``kind``: mean and sd of E-distance
         and EMD over its conditions, with the same for no change, and how many conditions."""
         frame = self._frame(kind)
-        mine = frame[_is_candidate(frame, self.choice(kind))]
+        mine = frame[is_candidate(frame, self.choice(kind))]
         none = frame[(frame["baseline"] == "NoChange") & (frame["weight"] == 0.0)]
         out = {
             "validated_on": self.validated_on.get(kind, "none"),
@@ -311,7 +311,7 @@ class Calibration:
         return cls(scores, choices, dict(data.get("validated_on", {})))
 
 
-def _is_candidate(frame: pd.DataFrame, candidate: tuple[str, float, str]) -> pd.Series:
+def is_candidate(frame: pd.DataFrame, candidate: tuple[str, float, str]) -> pd.Series:
     """Rows of ``frame`` scoring ``(baseline, weight, blend)`` (at weight 0 or 1, any blend)."""
     baseline, weight, how = candidate
     sel = (frame["baseline"] == baseline) & (frame["weight"] == weight)
@@ -325,7 +325,7 @@ def _named_candidates(frame: pd.DataFrame, choice: tuple[str, float, str]) -> di
         sel = (frame["baseline"] == name) & (frame["weight"] == 0.0)
         if sel.any():
             named[name] = sel
-    named["calibrated"] = _is_candidate(frame, choice)
+    named["calibrated"] = is_candidate(frame, choice)
     return named
 
 
