@@ -63,8 +63,17 @@ def split_setting(text: str):
     return ablations.variant(switches), setting
 
 
-def study_fold(fold, seed: int, train_settings: list[str], predict_settings: list[str]):
-    """Rows of inner scores for one fold and seed, per training and prediction setting."""
+def study_fold(
+    fold,
+    seed: int,
+    train_settings: list[str],
+    predict_settings: list[str],
+    candidates: list[pd.DataFrame] | None = None,
+):
+    """Rows of inner scores for one fold and seed, per training and prediction setting.
+
+    ``candidates``, when given, receives every calibration candidate's inner scores (the frame
+    :meth:`Calibration.fit` reads), so that calibration rules can be compared offline."""
     import scvi
 
     from scdoloris import DolorisModel
@@ -101,6 +110,10 @@ def study_fold(fold, seed: int, train_settings: list[str], predict_settings: lis
                 scores = model._score_inner(inner, split, seed, **setting)
             predict_s = time.perf_counter() - start
             calibration = Calibration.fit(scores)
+            if candidates is not None:
+                tags = {"task": fold.task, "fold": fold.index, "seed": seed}
+                tags.update(train=train_text, predict=predict_text)
+                candidates.append(scores.assign(**tags))
             for cond, frame in scores.groupby("condition"):
                 kind = frame["kind"].iloc[0]
                 alone = frame[frame["weight"] == 1.0].iloc[0]
@@ -159,6 +172,11 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     return out.join(cost, on=["train", "predict"])
 
 
+def _write(table: pd.DataFrame, path: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", default="norman_pairs,kang_cell_type,papalexi_unseen")
@@ -168,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--predict", nargs="+", default=[""], help="prediction settings")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None, help="CSV of the per-condition rows")
+    parser.add_argument("--scores", default=None, help="CSV of every candidate's inner scores")
     args = parser.parse_args(argv)
     run._quiet()
     import scvi
@@ -176,15 +195,17 @@ def main(argv: list[str] | None = None) -> int:
         scvi.settings.num_threads = args.threads
     info = run_record(run._command(argv))
     folds = [int(f) for f in args.folds.split(",")] if args.folds else None
-    rows = []
+    rows, candidates = [], []
     start = time.perf_counter()
     for name in args.tasks.split(","):
         for fold in tasks.folds(name, only=folds):
             for seed in (int(s) for s in args.seeds.split(",")):
-                rows += study_fold(fold, seed, args.train, args.predict)
-                if args.out:  # after every fold, so that an interrupted study keeps its rows
-                    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-                    pd.DataFrame(rows).to_csv(args.out, index=False)
+                rows += study_fold(fold, seed, args.train, args.predict, candidates)
+                # after every fold, so that an interrupted study keeps its rows
+                if args.out:
+                    _write(pd.DataFrame(rows), args.out)
+                if args.scores and candidates:
+                    _write(pd.concat(candidates), args.scores)
                 print(
                     f"[{name}] fold {fold.index} seed {seed}: {time.perf_counter() - start:.0f} s",
                     flush=True,

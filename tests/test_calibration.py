@@ -95,10 +95,18 @@ def test_fit_keeps_the_equal_blend_unless_the_evidence_is_clear():
     rows = [r for c in "abcd" for r in _candidates(c, "transfer", ("MeanShift", 1.0))]
     # two conditions are not enough to leave the equal blend with the kind's baseline
     rows += [r for c in "ef" for r in _candidates(c, "unseen token", ("NoChange", 0.0))]
-    # three conditions that disagree (one strongly for no change, two mildly against) neither
-    rows += _candidates("g", "new combination", ("NoChange", 0.0), ("NoChange", "Additive"), 1.5)
-    rows += _candidates("h", "new combination", ("Additive", 1.0), ("NoChange", "Additive"), 0.1)
-    rows += _candidates("i", "new combination", ("Additive", 1.0), ("NoChange", "Additive"), 0.1)
+    # three conditions that disagree: one strongly for no change and against the model, two
+    # mildly for the model and against no change; neither is clearly better than the default
+    for cond, no_change, model in (("g", 0.5, 3.0), ("h", 2.1, 1.9), ("i", 2.1, 1.9)):
+        for baseline, w, e in (
+            ("NoChange", 0.0, no_change),
+            ("NoChange", 0.5, 2.0),
+            ("Additive", 0.0, 2.0),
+            ("Additive", 0.5, 2.0),
+            ("NoChange", 1.0, model),
+            ("Additive", 1.0, model),
+        ):
+            rows.append((cond, "new combination", baseline, w, e, 0.1 * e))
     cal = Calibration.fit(_scores(rows))
     assert cal.choice("transfer")[:2] == ("MeanShift", 1.0)
     assert cal.choice("unseen token") == ("MeanShift", 0.5, "scaled")
@@ -134,6 +142,25 @@ def test_fit_chooses_the_cell_by_cell_blend_on_clear_evidence():
         "choices": {"transfer": ["MeanShift", 0.5]},
     }
     assert Calibration.from_dict(old).choice("transfer") == ("MeanShift", 0.5, "cells")
+
+
+def test_fit_prefers_a_steady_gain_to_an_erratic_lower_mean():
+    # NoChange alone has the lowest mean (one condition far better, the others a little worse)
+    # but no clear gain; the model alone is better on every condition: it is chosen
+    erratic, steady = (0.0, 2.1, 2.1, 2.1), (1.8, 1.7, 1.8, 1.7)
+    rows = []
+    for c, e_erratic, e_steady in zip("abcd", erratic, steady, strict=True):
+        for baseline, w, e in (
+            ("NoChange", 0.0, e_erratic),
+            ("MeanShift", 0.0, 2.5),
+            ("MeanShift", 0.5, 2.0),
+            ("MeanShift", 1.0, e_steady),
+        ):
+            rows.append((c, "transfer", baseline, w, e, 0.1 * e))
+    assert Calibration.fit(_scores(rows)).choice("transfer")[:2] == ("MeanShift", 1.0)
+    # without the steady candidate the default stays
+    rows = [r for r in rows if r[3] != 1.0]
+    assert Calibration.fit(_scores(rows)).choice("transfer") == ("MeanShift", 0.5, "scaled")
 
 
 def test_ties_stay_with_the_default():

@@ -207,10 +207,12 @@ class Calibration:
         :data:`DEFAULT_BASELINE` and the first of :data:`BLENDS` (the model's cells scaled to the
         blended means, :func:`blend`): averaging two predictors whose errors are partly independent
         is a robust choice, and weights estimated from a few validation conditions are noisy
-        (the "forecast combination puzzle": estimated weights rarely beat equal ones). The
-        candidate with the lowest loss replaces it only when it is better on average by more
-        than one standard error over the kind's inner conditions (paired, at least
-        :data:`MIN_EVIDENCE` conditions). The loss of a candidate on a condition is its
+        (the "forecast combination puzzle": estimated weights rarely beat equal ones). Another
+        candidate replaces it only when it is better on average by more than one standard error
+        over the kind's inner conditions (paired, at least :data:`MIN_EVIDENCE` conditions);
+        of the candidates that are, the one with the lowest mean loss. (Testing only the lowest
+        mean would keep the default whenever that candidate is erratic, even when a steadier
+        one is clearly better.) The loss of a candidate on a condition is its
         E-distance plus its EMD, each divided by its mean over the kind's candidates and
         conditions (so the two weigh alike). A kind without inner conditions is decided on the
         pooled conditions of the other kinds (but the seen ones), among blends with its own
@@ -341,21 +343,18 @@ def _choose(frame: pd.DataFrame, kind: str) -> tuple[str, float, str]:
         .pivot_table(index="condition", columns=["baseline", "weight", "blend"], values="loss")
         .dropna(axis=1)
     )
-    if default not in table.columns:
-        return default
-    # ties (within rounding) go to the default, then to the smaller weight
-    order = sorted(
-        table.columns,
-        key=lambda bw: (round(float(table[bw].mean()), 9), bw != default, bw[1]),
-    )
-    best = order[0]
     n = len(table)
-    if best == default or n < MIN_EVIDENCE:
+    if default not in table.columns or n < MIN_EVIDENCE:
         return default
-    gain = (table[default] - table[best]).to_numpy()
-    if gain.mean() > gain.std(ddof=1) / np.sqrt(n):
-        return str(best[0]), float(best[1]), str(best[2])
-    return default
+    # paired gain over the default, per candidate: clear when above one standard error
+    gain = table[[default]].to_numpy() - table.to_numpy()
+    clear = gain.mean(axis=0) > gain.std(axis=0, ddof=1) / np.sqrt(n)
+    better = [bw for bw, ok in zip(table.columns, clear, strict=True) if ok]
+    if not better:
+        return default
+    # ties (within rounding) go to the smaller weight
+    best = min(better, key=lambda bw: (round(float(table[bw].mean()), 9), bw[1]))
+    return str(best[0]), float(best[1]), str(best[2])
 
 
 def blend_scale(model_mean: np.ndarray, baseline_mean: np.ndarray, weight: float) -> np.ndarray:
