@@ -114,14 +114,12 @@ def study_fold(
                 tags = {"task": fold.task, "fold": fold.index, "seed": seed}
                 tags.update(train=train_text, predict=predict_text)
                 candidates.append(scores.assign(**tags))
+            loo = held_out_choices(scores)
             for cond, frame in scores.groupby("condition"):
                 kind = frame["kind"].iloc[0]
                 alone = frame[frame["weight"] == 1.0].iloc[0]
                 chosen = frame[is_candidate(frame, calibration.choice(kind))]
-                # the calibration fitted without this condition: the choice is not made on
-                # the condition it is scored on
-                rest = Calibration.fit(scores[scores["condition"] != cond])
-                held = frame[is_candidate(frame, rest.choice(kind))]
+                held = loo.loc[cond]
                 rows.append(
                     {
                         "task": fold.task,
@@ -135,14 +133,29 @@ def study_fold(
                         "EMD model": alone["emd"],
                         "E calibrated": chosen["e_distance"].iloc[0],
                         "EMD calibrated": chosen["emd"].iloc[0],
-                        "E calibrated LOO": held["e_distance"].iloc[0],
-                        "EMD calibrated LOO": held["emd"].iloc[0],
+                        "E calibrated LOO": held["e_distance"],
+                        "EMD calibrated LOO": held["emd"],
                         "train s": train_s,
                         "predict s": predict_s,
                     }
                 )
     model._init_arguments["module_kwargs"] = base_module
     return rows
+
+
+def held_out_choices(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per inner condition, the scores of the candidate that a calibration fitted on the OTHER
+    inner conditions chooses for its kind (leave one condition out: the choice is not made on
+    the condition it is scored on); indexed by condition, with the choice's ``baseline``,
+    ``weight``, ``blend``, ``e_distance`` and ``emd``."""
+    rows = {}
+    for cond, frame in scores.groupby("condition"):
+        rest = Calibration.fit(scores[scores["condition"] != cond])
+        choice = rest.choice(frame["kind"].iloc[0])
+        held = frame[is_candidate(frame, choice)].iloc[0]
+        rows[cond] = dict(zip(("baseline", "weight", "blend"), choice, strict=True))
+        rows[cond].update(e_distance=held["e_distance"], emd=held["emd"])
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def model_default_steps() -> int:

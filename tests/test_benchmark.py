@@ -203,3 +203,29 @@ def test_splits_are_fixed_and_tiny_caps(protocols):
     assert list(a.controls.obs_names) == list(b.controls.obs_names)
     assert a.train.obs["perturbation"].value_counts().max() <= 20
     assert a.controls.n_obs == 10
+
+
+def test_calibration_rule_scores_both_rules_leave_one_condition_out():
+    rule = _load("calibration_rule")
+    # NoChange alone: lowest mean but erratic; the model alone: better on every condition
+    rows = []
+    steadies = (1.8, 1.7, 1.8, 1.7, 1.8)
+    for c, erratic, steady in zip("abcde", (0.0, 2.1, 2.1, 2.1, 2.1), steadies, strict=True):
+        for baseline, w, e in (
+            ("NoChange", 0.0, erratic),
+            ("MeanShift", 0.0, 2.5),
+            ("MeanShift", 0.5, 2.0),
+            ("MeanShift", 1.0, steady),
+        ):
+            rows.append((c, "transfer", baseline, w, "scaled", e, 0.1 * e))
+    columns = ["condition", "kind", "baseline", "weight", "blend", "e_distance", "emd"]
+    scores = pd.DataFrame(rows, columns=columns).assign(task="t", fold=0, seed=0)
+    table = rule.compare(scores)
+    # the first rule keeps the equal blend (2.0) wherever the erratic candidate has the lowest
+    # mean of the other four; held out, "a" is the one condition where that is not so
+    assert table.loc[list("abcde"), "e_distance first"].tolist() == [1.8, 2.0, 2.0, 2.0, 2.0]
+    assert table.loc[list("abcde"), "weight current"].tolist() == [1.0] * 5
+    summary = rule.summarise(table)
+    assert summary.loc["t", "conditions"] == 5
+    assert summary.loc["t", "Δ E"] == pytest.approx(np.mean(steadies) - np.mean([1.8] + [2.0] * 4))
+    assert summary.loc["t", "choices changed"] == pytest.approx(0.8)
