@@ -33,7 +33,9 @@ def lowest_mean_only(frame: pd.DataFrame, kind: str) -> tuple[str, float, str]:
     """The first version of ``_calibration._choose``: the candidate with the lowest mean loss
     replaces the default when its paired gain is more than one standard error, else the
     default stays (even when another candidate's gain is clear)."""
-    default = (_calibration.DEFAULT_BASELINE[kind], _calibration.PRIOR_WEIGHT, "scaled")
+    blends = [b for b in _calibration.BLENDS if b in set(frame["blend"])]
+    blends = blends or [_calibration.BLENDS[0]]
+    default = (_calibration.DEFAULT_BASELINE[kind], _calibration.PRIOR_WEIGHT, blends[0])
     loss = frame["e_distance"] / max(frame["e_distance"].mean(), 1e-12)
     loss = loss + frame["emd"] / max(frame["emd"].mean(), 1e-12)
     table = frame.assign(loss=loss).pivot_table(
@@ -42,8 +44,7 @@ def lowest_mean_only(frame: pd.DataFrame, kind: str) -> tuple[str, float, str]:
     table = table.dropna(axis=1)
     if default not in table.columns or len(table) < _calibration.MIN_EVIDENCE:
         return default
-    means = table.mean().round(9)
-    best = min(table.columns, key=lambda c: (means[c], c != default, c[1]))
+    best = min(table.columns, key=lambda c: (round(float(table[c].mean()), 9), c != default, c[1]))
     gain = (table[default] - table[best]).to_numpy()
     if best != default and gain.mean() > gain.std(ddof=1) / np.sqrt(len(table)):
         return str(best[0]), float(best[1]), str(best[2])
@@ -64,13 +65,13 @@ def rule(choose):
 def compare(scores: pd.DataFrame) -> pd.DataFrame:
     """Per inner condition and run: the held-out scores of the current and the first rule."""
     rows = []
-    keys = ["task", "fold", "seed", "train", "predict"]
-    for key, frame in scores.groupby([k for k in keys if k in scores], dropna=False):
+    keys = [k for k in ("task", "fold", "seed", "train", "predict") if k in scores]
+    for key, frame in scores.groupby(keys, dropna=False):
         current = held_out_choices(frame)
         with rule(lowest_mean_only):
             first = held_out_choices(frame)
         both = current.join(first, lsuffix=" current", rsuffix=" first")
-        rows.append(both.assign(task=key[0], seed=key[2]))
+        rows.append(both.assign(**dict(zip(keys, key, strict=True))))
     return pd.concat(rows)
 
 

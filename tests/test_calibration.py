@@ -166,6 +166,10 @@ def test_fit_prefers_a_steady_gain_to_an_erratic_lower_mean():
 def test_ties_stay_with_the_default():
     rows = [(c, "seen", "MeanShift", w, 1.0, 0.1) for c in "abc" for w in (0.0, 0.5, 1.0)]
     assert Calibration.fit(_scores(rows)).choice("seen") == ("MeanShift", 0.5, "scaled")
+    # a candidate better by a rounding error on every condition (no spread) is a tie too
+    rows = [r for r in rows if r[3] != 1.0]
+    rows += [(c, "seen", "MeanShift", 1.0, 1.0 - 1e-12, 0.1) for c in "abc"]
+    assert Calibration.fit(_scores(rows)).choice("seen") == ("MeanShift", 0.5, "scaled")
 
 
 def test_without_calibration_the_model_is_used():

@@ -346,9 +346,10 @@ def _choose(frame: pd.DataFrame, kind: str) -> tuple[str, float, str]:
     n = len(table)
     if default not in table.columns or n < MIN_EVIDENCE:
         return default
-    # paired gain over the default, per candidate: clear when above one standard error
+    # paired gain over the default, per candidate: clear when above one standard error (a
+    # gain within rounding of zero never is, so near-ties stay with the default)
     gain = table[[default]].to_numpy() - table.to_numpy()
-    clear = gain.mean(axis=0) > gain.std(axis=0, ddof=1) / np.sqrt(n)
+    clear = gain.mean(axis=0).round(9) > gain.std(axis=0, ddof=1) / np.sqrt(n)
     better = [bw for bw, ok in zip(table.columns, clear, strict=True) if ok]
     if not better:
         return default
