@@ -33,15 +33,8 @@ def lowest_mean_only(frame: pd.DataFrame, kind: str) -> tuple[str, float, str]:
     """The first version of ``_calibration._choose``: the candidate with the lowest mean loss
     replaces the default when its paired gain is more than one standard error, else the
     default stays (even when another candidate's gain is clear)."""
-    blends = [b for b in _calibration.BLENDS if b in set(frame["blend"])]
-    blends = blends or [_calibration.BLENDS[0]]
-    default = (_calibration.DEFAULT_BASELINE[kind], _calibration.PRIOR_WEIGHT, blends[0])
-    loss = frame["e_distance"] / max(frame["e_distance"].mean(), 1e-12)
-    loss = loss + frame["emd"] / max(frame["emd"].mean(), 1e-12)
-    table = frame.assign(loss=loss).pivot_table(
-        index="condition", columns=["baseline", "weight", "blend"], values="loss"
-    )
-    table = table.dropna(axis=1)
+    default = _calibration._default_candidate(frame, kind)
+    table = _calibration._loss_table(frame)
     if default not in table.columns or len(table) < _calibration.MIN_EVIDENCE:
         return default
     best = min(table.columns, key=lambda c: (round(float(table[c].mean()), 9), c != default, c[1]))

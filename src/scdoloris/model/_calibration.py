@@ -331,18 +331,28 @@ def _named_candidates(frame: pd.DataFrame, choice: tuple[str, float, str]) -> di
     return named
 
 
-def _choose(frame: pd.DataFrame, kind: str) -> tuple[str, float, str]:
-    """The rule of :meth:`Calibration.fit` on one kind's scores."""
+def _default_candidate(frame: pd.DataFrame, kind: str) -> tuple[str, float, str]:
+    """The kind's starting point: its baseline at :data:`PRIOR_WEIGHT`, the first blend scored."""
     blends = [b for b in BLENDS if b in set(frame["blend"])] or [BLENDS[0]]
-    default = (DEFAULT_BASELINE[kind], PRIOR_WEIGHT, blends[0])
+    return DEFAULT_BASELINE[kind], PRIOR_WEIGHT, blends[0]
+
+
+def _loss_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Conditions x candidates ``(baseline, weight, blend)``: E-distance plus EMD, each divided
+    by its mean over ``frame`` (candidates not scored on every condition dropped)."""
     scale_e = max(float(frame["e_distance"].mean()), 1e-12)
     scale_emd = max(float(frame["emd"].mean()), 1e-12)
     loss = (frame["e_distance"] / scale_e + frame["emd"] / scale_emd).to_numpy()
-    table = (
+    return (
         frame.assign(loss=loss)
         .pivot_table(index="condition", columns=["baseline", "weight", "blend"], values="loss")
         .dropna(axis=1)
     )
+
+
+def _choose(frame: pd.DataFrame, kind: str) -> tuple[str, float, str]:
+    """The rule of :meth:`Calibration.fit` on one kind's scores."""
+    default, table = _default_candidate(frame, kind), _loss_table(frame)
     n = len(table)
     if default not in table.columns or n < MIN_EVIDENCE:
         return default
