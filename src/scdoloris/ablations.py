@@ -97,6 +97,7 @@ class ModuleSwitches:
 UNSEEN_PRIORS = ("detection", "both", "none")
 MASK_MODES = ("coherent", "coupled", "bernoulli", "none")
 BLEND_MODES = ("calibrated", "scaled", "cells")
+BASELINE_CHANGES = ("mean", "shrunk")
 
 
 @dataclass(frozen=True)
@@ -128,10 +129,12 @@ class PredictionSwitches:
     mask_top_genes: int = 300
     mask_thresholds: tuple[float, float] = (0.01, 0.99)
     blend: str = "calibrated"
+    baseline_change: str = "mean"
 
     def __post_init__(self):
         _check("mask", self.mask, MASK_MODES)
         _check("blend", self.blend, BLEND_MODES)
+        _check("baseline_change", self.baseline_change, BASELINE_CHANGES)
         _check("start", self.start, ("latent", "noise", "auto"))
         _check("residual", self.residual, ("values", "full", "none"))
         if not 0.0 < self.depth <= 1.0:

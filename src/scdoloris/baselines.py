@@ -87,6 +87,8 @@ class _TrainingMeans:
     cell_types: list[str]
     sums: dict[tuple[str, str], np.ndarray]
     counts: dict[tuple[str, str], int]
+    # sums of squares (None in baselines fitted before 0.x: no shrinkage, see ``shift``)
+    sumsq: dict[tuple[str, str], np.ndarray] | None = None
 
     @property
     def conditions(self) -> list[str]:
@@ -98,19 +100,45 @@ class _TrainingMeans:
         key = (cell_type, condition)
         return self.sums[key] / self.counts[key]
 
-    def shift(self, condition: str, cell_type: str | None = None) -> np.ndarray | None:
-        """Mean change of ``condition`` from control (see the module docstring); ``None`` if unseen."""
-        per_type = {
-            ct: self.mean(ct, condition) - self.mean(ct, self.control_group)
+    def mean_variance(self, cell_type: str, condition: str) -> np.ndarray:
+        """Per gene, the sampling variance of :meth:`mean` (the cells' variance over their
+        number; infinite for a single cell)."""
+        key = (cell_type, condition)
+        n = self.counts[key]
+        if n < 2:
+            return np.full(len(self.var_names), np.inf)
+        mean = self.sums[key] / n
+        var = np.maximum(self.sumsq[key] / n - mean**2, 0.0) * n / (n - 1)
+        return var / n
+
+    def shift(
+        self, condition: str, cell_type: str | None = None, shrink: bool = False
+    ) -> np.ndarray | None:
+        """Mean change of ``condition`` from control (see the module docstring); ``None`` if unseen.
+
+        ``shrink``: shrunk toward no change by :func:`shrink_change` with the change's sampling
+        variance (unshrunk for a baseline fitted without sums of squares).
+        """
+        types = [
+            ct
             for ct in self.cell_types
             if (ct, condition) in self.counts and (ct, self.control_group) in self.counts
-        }
-        if not per_type:
+        ]
+        if not types:
             return None
-        if cell_type in per_type:
-            return per_type[cell_type]
-        weights = np.array([self.counts[(ct, condition)] for ct in per_type], dtype=np.float64)
-        return np.average(np.stack(list(per_type.values())), axis=0, weights=weights)
+        if cell_type in types:
+            types = [cell_type]
+        weights = np.array([self.counts[(ct, condition)] for ct in types], dtype=np.float64)
+        weights /= weights.sum()
+        changes = [self.mean(ct, condition) - self.mean(ct, self.control_group) for ct in types]
+        change = sum(w * c for w, c in zip(weights, changes, strict=True))
+        if not shrink or self.sumsq is None:
+            return change
+        variance = sum(
+            w**2 * (self.mean_variance(ct, condition) + self.mean_variance(ct, self.control_group))
+            for w, ct in zip(weights, types, strict=True)
+        )
+        return shrink_change(change, variance)
 
     def singles(self) -> list[str]:
         """Single-token conditions seen in training with a change from control."""
@@ -126,6 +154,30 @@ class _TrainingMeans:
         keys = [(ct, self.control_group) for ct in self.cell_types]
         keys = [k for k in keys if k in self.counts]
         return sum(self.sums[k] for k in keys) / sum(self.counts[k] for k in keys)
+
+
+def shrink_change(change: np.ndarray, variance: np.ndarray) -> np.ndarray:
+    """A change of mean expression shrunk toward no change by the positive-part James-Stein
+    factor ``max(0, 1 - sum(variance) / |change|^2)``.
+
+    ``variance`` is, per gene, the sampling variance of ``change`` (the variance of the
+    perturbed cells' mean plus that of the control cells' mean). A change no larger than its
+    sampling noise (a knockout with little effect, few cells) becomes no change; a change well
+    above it is kept nearly whole. Over thousands of genes this factor lowers the expected
+    squared error of the change whatever the true change is, which is what the E-distance of a
+    shifted prediction grows with. Hand-written (a two-line formula; no library ships it).
+
+    Examples
+    --------
+    >>> shrink_change(np.array([6.0, 8.0]), np.array([10.0, 15.0])).tolist()  # 1 - 25 / 100
+    [4.5, 6.0]
+    >>> shrink_change(np.array([1.0, 0.0]), np.array([1.0, 1.0])).tolist()
+    [0.0, 0.0]
+    """
+    power = float(np.dot(change, change))
+    if not np.isfinite(variance).all() or power <= 0:
+        return np.zeros_like(change)
+    return change * max(0.0, 1.0 - float(np.sum(variance)) / power)
 
 
 def _group_sums(X, codes: np.ndarray, n_groups: int) -> np.ndarray:
@@ -173,16 +225,21 @@ def _training_means(
     grouped = frame.groupby(["ct", "cond"], sort=True, observed=True)
     codes = grouped.ngroup().to_numpy()
     group_sums = _group_sums(X, codes, grouped.ngroups)
+    group_sumsq = _group_sums(
+        X.multiply(X) if sparse.issparse(X) else X * X, codes, grouped.ngroups
+    )
     group_counts = np.bincount(codes, minlength=grouped.ngroups)
     sums: dict[tuple[str, str], np.ndarray] = {}
+    sumsq: dict[tuple[str, str], np.ndarray] = {}
     counts: dict[tuple[str, str], int] = {}
     first = frame.assign(code=codes).drop_duplicates("code").sort_values("code")
     for i, (ct, cond) in enumerate(zip(first["ct"], first["cond"], strict=True)):
-        sums[(str(ct), str(cond))] = group_sums[i]
-        counts[(str(ct), str(cond))] = int(group_counts[i])
+        keys = [(str(ct), str(cond))]
         if cond != control_group:  # also pool all perturbed cells of the cell type
-            key = (str(ct), _ANY_PERTURBED)
+            keys.append((str(ct), _ANY_PERTURBED))
+        for key in keys:
             sums[key] = sums.get(key, 0.0) + group_sums[i]
+            sumsq[key] = sumsq.get(key, 0.0) + group_sumsq[i]
             counts[key] = counts.get(key, 0) + int(group_counts[i])
     keys = list(counts)
 
@@ -203,6 +260,7 @@ def _training_means(
         cell_types=types,
         sums=sums,
         counts=counts,
+        sumsq=sumsq,
     )
 
 
@@ -439,13 +497,13 @@ class MeanShift(_Baseline):
             stacklevel=3,
         )
 
-    def _delta(self, perturbation: str, cell_type: str) -> np.ndarray | None:
+    def _delta(self, perturbation: str, cell_type: str, shrink: bool = False) -> np.ndarray | None:
         train = self._fitted()
         if perturbation == train.control_group:
             return None
-        shift = train.shift(perturbation, cell_type)
+        shift = train.shift(perturbation, cell_type, shrink)
         if shift is None:
-            shift = train.shift(_ANY_PERTURBED, cell_type)
+            shift = train.shift(_ANY_PERTURBED, cell_type, shrink)
         if shift is None:
             raise ValueError(
                 "The training data had no perturbed cells in a cell type with control cells; "
@@ -486,12 +544,12 @@ class Additive(_Baseline):
                     f"the training data, but it was not there.{_did_you_mean(token, singles)}"
                 )
 
-    def _delta(self, perturbation: str, cell_type: str) -> np.ndarray | None:
+    def _delta(self, perturbation: str, cell_type: str, shrink: bool = False) -> np.ndarray | None:
         train = self._fitted()
         tokens = parse_perturbation(perturbation, train.control_group, train.delimiter)
         if not tokens:
             return None
-        return sum(train.shift(t, cell_type) for t in tokens)
+        return sum(train.shift(t, cell_type, shrink) for t in tokens)
 
 
 def _ridge_solve(Y: np.ndarray, A: np.ndarray, B: np.ndarray, ridge: float) -> np.ndarray:

@@ -63,28 +63,39 @@ class BaselineShifts:
             self.additive = Additive()
             self.additive.training_ = self.mean_shift.training_
 
-    def delta(self, baseline: str, label: str, cell_type: str) -> np.ndarray | None:
+    def delta(
+        self, baseline: str, label: str, cell_type: str, shrink: bool = False
+    ) -> np.ndarray | None:
         """The change ``baseline`` adds to control cells of ``cell_type`` (None: none).
 
         ``"Additive"`` falls back to ``"MeanShift"`` where a token was never seen alone.
+        ``shrink``: each measured change shrunk toward no change by its sampling noise
+        (:func:`scdoloris.baselines.shrink_change`).
         """
         if baseline == "NoChange":
             return None
         if baseline == "Additive" and self.additive is not None:
             try:
                 self.additive._check_perturbation(label)
-                return self.additive._delta(label, cell_type)
+                return self.additive._delta(label, cell_type, shrink)
             except ValueError:
                 pass
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return self.mean_shift._delta(label, cell_type)
+            return self.mean_shift._delta(label, cell_type, shrink)
 
-    def predict(self, baseline: str, X: np.ndarray, label: str, cell_types: np.ndarray):
+    def predict(
+        self,
+        baseline: str,
+        X: np.ndarray,
+        label: str,
+        cell_types: np.ndarray,
+        shrink: bool = False,
+    ):
         """The baseline's prediction of ``label`` from input cells ``X`` (dense)."""
         out = X.copy()
         for ct in np.unique(cell_types):
-            delta = self.delta(baseline, label, str(ct))
+            delta = self.delta(baseline, label, str(ct), shrink)
             if delta is not None:
                 rows = cell_types == ct
                 out[rows] = np.maximum(X[rows] + delta, 0.0)
@@ -272,6 +283,7 @@ class InnerValidationMixin:
         # the blends scored: both, or an ablation's one (inside ablations.Variant.applied)
         how = inner._switches().blend
         blends = BLENDS if how == "calibrated" else (how,)
+        shrink = inner._switches().baseline_change == "shrunk"
         rows = []
         for cond in split.conditions:
             with warnings.catch_warnings():  # held-out tokens may be unknown to the inner model
@@ -291,7 +303,7 @@ class InnerValidationMixin:
             cts = np.full(X.shape[0], cond.cell_type)
             model_scores = (e_distance(P, cond.real), emd(P, cond.real))
             for baseline in BASELINES:
-                B = shifts.predict(baseline, X, cond.label, cts)
+                B = shifts.predict(baseline, X, cond.label, cts, shrink)
                 for w in WEIGHTS:
                     # weights 0 and 1 (the baseline, the model) are the same in every blend
                     for mode in blends if 0 < w < 1 else blends[:1]:
