@@ -127,6 +127,34 @@ def test_cell_type_without_controls_is_ignored_with_warning():
     np.testing.assert_allclose(pred.X, [[2, 1]])  # the change of T1 only
 
 
+def test_shrunk_changes_by_hand(adata):
+    train = MeanShift().fit(adata, "condition").training_
+    # A: change (1, -1, 0.5), |change|^2 = 2.25; sampling variance of its two means per gene:
+    # A's cells (0, 0, 0.5) / 2 plus the controls' (2, 0, 0) / 2, summed 1.25 -> 1 - 1.25 / 2.25
+    np.testing.assert_allclose(train.shift("A", shrink=True), np.array([1, -1, 0.5]) * 4 / 9)
+    np.testing.assert_allclose(train.shift("A"), [1, -1, 0.5])  # not shrunk unless asked
+    # B has one cell: its noise is unknown (infinite) and its change shrinks to none
+    np.testing.assert_array_equal(train.shift("B", shrink=True), [0, 0, 0])
+    additive = Additive().fit(adata, "condition")
+    np.testing.assert_allclose(
+        additive._delta("A+B", "all", shrink=True), np.array([1, -1, 0.5]) * 4 / 9
+    )
+    # a baseline fitted without sums of squares (saved by an older version) is never shrunk
+    train.sumsq = None
+    np.testing.assert_allclose(train.shift("A", shrink=True), [1, -1, 0.5])
+
+
+def test_a_change_pooled_over_contexts_shrinks_less(adata):
+    two = ad.concat({"t1": adata, "t2": adata}, label="cell_type", index_unique="-")
+    train = MeanShift().fit(two, "condition", cell_type_key="cell_type").training_
+    train.cell_types.append("t3")  # a context without A: the average of t1 and t2
+    # the same change in each, each half the weight: variance 1.25 / 2 -> 1 - 0.625 / 2.25
+    np.testing.assert_allclose(
+        train.shift("A", "t3", shrink=True), np.array([1, -1, 0.5]) * 13 / 18
+    )
+    np.testing.assert_allclose(train.shift("A", "t1", shrink=True), np.array([1, -1, 0.5]) * 4 / 9)
+
+
 # ------------------------------------------------------------- LinearBaseline
 
 

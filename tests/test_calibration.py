@@ -287,6 +287,44 @@ def test_predict_blends_the_model_and_the_baseline(calibrated):
     assert np.isfinite(info["e_distance"]) and info["n_conditions"] >= 1
 
 
+def test_a_shrunk_baseline_blends_with_shrunk_changes(calibrated):
+    adata, model = calibrated
+    ctrl = adata[(adata.obs["perturbation"] == "ctrl") & (adata.obs["cell_type"] == "type_0")]
+    pert = adata.obs.loc[adata.obs["perturbation"] != "ctrl", "perturbation"].iloc[0]
+    X = ctrl.X.toarray() if hasattr(ctrl.X, "toarray") else np.asarray(ctrl.X)
+    saved = copy.deepcopy(model.calibration_)
+    out = {}
+    try:
+        raw = model.predict(ctrl, pert, seed=0, calibrate=False, progress_bar=False)
+        for name in ("MeanShift", "MeanShift (shrunk)"):
+            model.calibration_["choices"]["seen"] = [name, 0.5, "cells"]
+            out[name] = model.predict(ctrl, pert, seed=0, progress_bar=False)
+    finally:
+        model.calibration_ = saved
+    cts = np.full(ctrl.n_obs, "type_0")
+    for name, pred in out.items():
+        base = model.baselines_.predict(name, X, pert, cts)
+        np.testing.assert_allclose(pred.X, 0.5 * (base + raw.X), rtol=1e-5, atol=1e-5)
+        assert pred.uns["scdoloris"]["calibration"][pert]["type_0"]["baseline"] == name
+    change = model.baselines_.delta("MeanShift (shrunk)", pert, "type_0")
+    full = model.baselines_.delta("MeanShift", pert, "type_0")
+    factor = float(change @ full / (full @ full))
+    assert 0 < factor < 1 and np.allclose(change, factor * full, atol=1e-6)
+
+
+def test_the_inner_validation_scores_shrunk_baselines_unless_switched_off(calibrated):
+    _, model = calibrated
+    scores = model.calibration.scores
+    shrunk = scores[scores["baseline"].str.endswith(" (shrunk)")]
+    assert set(shrunk["baseline"]) == {"MeanShift (shrunk)", "Additive (shrunk)"}
+    assert shrunk["weight"].max() < 1.0  # the model alone is scored with the measured ones
+    assert {"E MeanShift (shrunk)", "EMD Additive (shrunk)"} <= set(model.validation.columns)
+    split = model._inner_split(0)  # scored with the model itself as the inner model
+    with ablations.variant("measured baselines").applied(model):
+        measured = model._score_inner(model, split, 0)
+    assert set(measured["baseline"]) == {"NoChange", "MeanShift", "Additive"}
+
+
 def test_predicting_the_control_returns_the_input(calibrated):
     adata, model = calibrated
     ctrl = adata[(adata.obs["perturbation"] == "ctrl") & (adata.obs["cell_type"] == "type_0")]

@@ -162,6 +162,8 @@ def validation(model, path: str | Path | None = None, *, dpi: int = 120):
                     mine = frame[frame["baseline"] == name]
                     mine = mine[(mine["blend"] == mode) | mine["weight"].isin([0.0, 1.0])]
                     curve = mine.groupby("weight")[metric].mean()
+                    if 1.0 not in curve.index:  # shrunk baselines: the model alone is scored once
+                        curve[1.0] = frame.loc[frame["weight"] == 1.0, metric].mean()
                     ax.plot(
                         curve.index,
                         curve.to_numpy(),

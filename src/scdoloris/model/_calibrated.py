@@ -113,15 +113,12 @@ class CalibrationMixin:
             return
         ct_names = np.asarray(ct_names)
         scales = self._blend_scales(block, X, ct_names, plan["label"], todo, batch_size)
-        shrink = self._switches().baseline_change == "shrunk"
         for sl in batches(block.shape[0], batch_size):
             x, names = X[sl], ct_names[sl]
             for ct, (baseline, weight, how) in todo.items():
                 rows = np.flatnonzero(names == ct)
                 if len(rows):
-                    base = self.baselines_.predict(
-                        baseline, x[rows], plan["label"], names[rows], shrink
-                    )
+                    base = self.baselines_.predict(baseline, x[rows], plan["label"], names[rows])
                     at = sl.start + rows
                     block[at] = blend(block[at], base, weight, scales.get(ct), how)
 
@@ -132,13 +129,12 @@ class CalibrationMixin:
         if not todo:
             return {}
         sums = {ct: np.zeros((2, block.shape[1])) for ct in todo}  # model, baseline
-        shrink = self._switches().baseline_change == "shrunk"
         for sl in batches(block.shape[0], batch_size):
             x, names = X[sl], ct_names[sl]
             for ct, (baseline, *_) in todo.items():
                 rows = names == ct
                 if rows.any():
-                    base = self.baselines_.predict(baseline, x[rows], label, names[rows], shrink)
+                    base = self.baselines_.predict(baseline, x[rows], label, names[rows])
                     sums[ct] += (block[sl][rows].sum(axis=0), base.sum(axis=0))
         scales = {}
         for ct, (_, weight, _) in todo.items():

@@ -19,6 +19,8 @@ from ..metrics import e_distance, emd
 from ._calibration import (
     BASELINES,
     BLENDS,
+    MEASURED,
+    SHRUNK,
     WEIGHTS,
     Calibration,
     ConditionKey,
@@ -63,15 +65,15 @@ class BaselineShifts:
             self.additive = Additive()
             self.additive.training_ = self.mean_shift.training_
 
-    def delta(
-        self, baseline: str, label: str, cell_type: str, shrink: bool = False
-    ) -> np.ndarray | None:
+    def delta(self, baseline: str, label: str, cell_type: str) -> np.ndarray | None:
         """The change ``baseline`` adds to control cells of ``cell_type`` (None: none).
 
-        ``"Additive"`` falls back to ``"MeanShift"`` where a token was never seen alone.
-        ``shrink``: each measured change shrunk toward no change by its sampling noise
-        (:func:`scdoloris.baselines.shrink_change`).
+        ``"Additive"`` falls back to ``"MeanShift"`` where a token was never seen alone. A name
+        ending in ``" (shrunk)"``: each measured change shrunk toward no change by its sampling
+        noise (:func:`scdoloris.baselines.shrink_change`).
         """
+        shrink = baseline.endswith(SHRUNK)
+        baseline = baseline.removesuffix(SHRUNK)
         if baseline == "NoChange":
             return None
         if baseline == "Additive" and self.additive is not None:
@@ -84,18 +86,11 @@ class BaselineShifts:
             warnings.simplefilter("ignore")
             return self.mean_shift._delta(label, cell_type, shrink)
 
-    def predict(
-        self,
-        baseline: str,
-        X: np.ndarray,
-        label: str,
-        cell_types: np.ndarray,
-        shrink: bool = False,
-    ):
+    def predict(self, baseline: str, X: np.ndarray, label: str, cell_types: np.ndarray):
         """The baseline's prediction of ``label`` from input cells ``X`` (dense)."""
         out = X.copy()
         for ct in np.unique(cell_types):
-            delta = self.delta(baseline, label, str(ct), shrink)
+            delta = self.delta(baseline, label, str(ct))
             if delta is not None:
                 rows = cell_types == ct
                 out[rows] = np.maximum(X[rows] + delta, 0.0)
@@ -283,7 +278,8 @@ class InnerValidationMixin:
         # the blends scored: both, or an ablation's one (inside ablations.Variant.applied)
         how = inner._switches().blend
         blends = BLENDS if how == "calibrated" else (how,)
-        shrink = inner._switches().baseline_change == "shrunk"
+        # the baselines scored: measured and shrunk changes, or measured only (an ablation)
+        baselines = BASELINES if inner._switches().baselines == "both" else MEASURED
         rows = []
         for cond in split.conditions:
             with warnings.catch_warnings():  # held-out tokens may be unknown to the inner model
@@ -302,9 +298,10 @@ class InnerValidationMixin:
             X = _dense(cond.controls.X)
             cts = np.full(X.shape[0], cond.cell_type)
             model_scores = (e_distance(P, cond.real), emd(P, cond.real))
-            for baseline in BASELINES:
-                B = shifts.predict(baseline, X, cond.label, cts, shrink)
-                for w in WEIGHTS:
+            for baseline in baselines:
+                B = shifts.predict(baseline, X, cond.label, cts)
+                # the model alone (weight 1) once per measured baseline, as before shrunk ones
+                for w in WEIGHTS if baseline in MEASURED else WEIGHTS[:-1]:
                     # weights 0 and 1 (the baseline, the model) are the same in every blend
                     for mode in blends if 0 < w < 1 else blends[:1]:
                         e, m = (
