@@ -172,6 +172,16 @@ def test_ties_stay_with_the_default():
     assert Calibration.fit(_scores(rows)).choice("seen") == ("MeanShift", 0.5, "scaled")
 
 
+def test_a_tie_between_baselines_goes_to_the_kinds_baseline():
+    # a single knockout's Additive is its MeanShift: same scores, the name says MeanShift
+    rows = []
+    for c in "abc":
+        rows += [(c, "seen", "MeanShift", w, 1.0, 0.1) for w in (0.0, 0.5, 1.0)]
+        for name in ("Additive (shrunk)", "MeanShift (shrunk)"):
+            rows += [(c, "seen", name, w, 0.5 + 0.01 * "abc".index(c), 0.05) for w in (0.0, 0.5)]
+    assert Calibration.fit(_scores(rows)).choice("seen") == ("MeanShift (shrunk)", 0.0, "scaled")
+
+
 def test_without_calibration_the_model_is_used():
     assert Calibration(_scores([])).choice("transfer")[:2] == ("NoChange", 1.0)
 
@@ -251,11 +261,16 @@ def test_train_runs_the_inner_validation(calibrated):
         assert means[choice] < means[default], (kind, choice)
 
 
-def test_predict_blends_the_model_and_the_baseline(calibrated):
-    adata, model = calibrated
+def _type_0_controls(adata):
+    """The control cells of type_0, a perturbation of the data and the cells as an array."""
     ctrl = adata[(adata.obs["perturbation"] == "ctrl") & (adata.obs["cell_type"] == "type_0")]
     pert = adata.obs.loc[adata.obs["perturbation"] != "ctrl", "perturbation"].iloc[0]
-    X = ctrl.X.toarray() if hasattr(ctrl.X, "toarray") else np.asarray(ctrl.X)
+    return ctrl, pert, ctrl.X.toarray() if hasattr(ctrl.X, "toarray") else np.asarray(ctrl.X)
+
+
+def test_predict_blends_the_model_and_the_baseline(calibrated):
+    adata, model = calibrated
+    ctrl, pert, X = _type_0_controls(adata)
     saved = copy.deepcopy(model.calibration_)
     # a blend strictly between the two, whatever this tiny model's validation chose
     model.calibration_["choices"]["seen"] = ["MeanShift", 0.5, "scaled"]
@@ -289,9 +304,7 @@ def test_predict_blends_the_model_and_the_baseline(calibrated):
 
 def test_a_shrunk_baseline_blends_with_shrunk_changes(calibrated):
     adata, model = calibrated
-    ctrl = adata[(adata.obs["perturbation"] == "ctrl") & (adata.obs["cell_type"] == "type_0")]
-    pert = adata.obs.loc[adata.obs["perturbation"] != "ctrl", "perturbation"].iloc[0]
-    X = ctrl.X.toarray() if hasattr(ctrl.X, "toarray") else np.asarray(ctrl.X)
+    ctrl, pert, X = _type_0_controls(adata)
     saved = copy.deepcopy(model.calibration_)
     out = {}
     try:

@@ -6,7 +6,10 @@ deep models rarely beat these, so every evaluation should report them:
 * :class:`NoChange`: the control cells themselves;
 * :class:`MeanShift`: control cells plus the mean change of the perturbation in training;
 * :class:`Additive`: for a combination, control cells plus the sum of the single-token changes;
-* :class:`LinearBaseline`: the low-rank linear model of Ahlmann-Eltze et al.
+* :class:`LinearBaseline`: the low-rank linear model of Ahlmann-Eltze et al.;
+
+and :func:`shrink_change`, a measured change shrunk toward no change by its sampling noise
+(the calibration of :class:`~scdoloris.DolorisModel` uses it as a candidate baseline).
 
 All share the interface of :class:`~scdoloris.DolorisModel`: ``fit`` on an AnnData of
 log-normalised expression with a perturbation column, then ``predict`` from control cells.
@@ -44,7 +47,7 @@ from ._anndata_utils import (
 from ._constants import DEFAULT_CELL_TYPE
 from ._perturbation import normalize_perturbation, parse_perturbation
 
-__all__ = ["NoChange", "MeanShift", "Additive", "LinearBaseline"]
+__all__ = ["NoChange", "MeanShift", "Additive", "LinearBaseline", "shrink_change"]
 
 # Internal condition key: all perturbed (non-control) cells of a cell type.
 _ANY_PERTURBED = "\x00any perturbed"

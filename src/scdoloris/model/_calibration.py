@@ -373,8 +373,17 @@ def _choose(frame: pd.DataFrame, kind: str) -> tuple[str, float, str]:
     better = [bw for bw, ok in zip(table.columns, clear, strict=True) if ok]
     if not better:
         return default
-    # ties (within rounding) go to the smaller weight
-    best = min(better, key=lambda bw: (round(float(table[bw].mean()), 9), bw[1]))
+    # ties (within rounding) go to the smaller weight, then to the kind's baseline (shrunk or
+    # not): for a single perturbation Additive is MeanShift, and the name should say MeanShift
+    family = default[0]
+    best = min(
+        better,
+        key=lambda bw: (
+            round(float(table[bw].mean()), 9),
+            bw[1],
+            bw[0].removesuffix(SHRUNK) != family,
+        ),
+    )
     return str(best[0]), float(best[1]), str(best[2])
 
 
