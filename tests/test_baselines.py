@@ -140,7 +140,7 @@ def test_shrunk_changes_by_hand(adata):
         additive._delta("A+B", "all", shrink=True), np.array([1, -1, 0.5]) * 4 / 9
     )
     # a baseline fitted without sums of squares (saved by an older version) is never shrunk
-    train.sumsq = None
+    del train.sumsq  # as unpickled: the class default, None
     np.testing.assert_allclose(train.shift("A", shrink=True), [1, -1, 0.5])
 
 
@@ -153,6 +153,17 @@ def test_a_change_pooled_over_contexts_shrinks_less(adata):
         train.shift("A", "t3", shrink=True), np.array([1, -1, 0.5]) * 13 / 18
     )
     np.testing.assert_allclose(train.shift("A", "t1", shrink=True), np.array([1, -1, 0.5]) * 4 / 9)
+
+
+def test_a_context_of_one_cell_is_left_out_of_a_shrunk_pooled_change(adata):
+    one = adata[["c1", "c2", "a1"]].copy()
+    one.X[2] = [5.0, 5.0, 5.0]
+    two = ad.concat({"t1": adata, "t2": one}, label="cell_type", index_unique="-")
+    train = MeanShift().fit(two, "condition", cell_type_key="cell_type").training_
+    train.cell_types.append("t3")
+    # t2's single A cell has no noise estimate: the shrunk change is t1's alone
+    np.testing.assert_allclose(train.shift("A", "t3", shrink=True), np.array([1, -1, 0.5]) * 4 / 9)
+    assert not np.allclose(train.shift("A", "t3"), [1, -1, 0.5])  # unshrunk: pooled with t2
 
 
 # ------------------------------------------------------------- LinearBaseline

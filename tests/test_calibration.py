@@ -180,6 +180,9 @@ def test_a_tie_between_baselines_goes_to_the_kinds_baseline():
         for name in ("Additive (shrunk)", "MeanShift (shrunk)"):
             rows += [(c, "seen", name, w, 0.5 + 0.01 * "abc".index(c), 0.05) for w in (0.0, 0.5)]
     assert Calibration.fit(_scores(rows)).choice("seen") == ("MeanShift (shrunk)", 0.0, "scaled")
+    # a change shrunk to nothing is no change: the name says so
+    rows += [(c, "seen", "NoChange", 0.0, 0.5 + 0.01 * "abc".index(c), 0.05) for c in "abc"]
+    assert Calibration.fit(_scores(rows)).choice("seen") == ("NoChange", 0.0, "scaled")
 
 
 def test_without_calibration_the_model_is_used():
@@ -312,6 +315,9 @@ def test_a_shrunk_baseline_blends_with_shrunk_changes(calibrated):
         for name in ("MeanShift", "MeanShift (shrunk)"):
             model.calibration_["choices"]["seen"] = [name, 0.5, "cells"]
             out[name] = model.predict(ctrl, pert, seed=0, progress_bar=False)
+        # the ablation without shrunk baselines predicts a shrunk choice with the measured one
+        with ablations.variant("measured baselines").applied(model):
+            unshrunk = model.predict(ctrl, pert, seed=0, progress_bar=False)
     finally:
         model.calibration_ = saved
     cts = np.full(ctrl.n_obs, "type_0")
@@ -319,6 +325,9 @@ def test_a_shrunk_baseline_blends_with_shrunk_changes(calibrated):
         base = model.baselines_.predict(name, X, pert, cts)
         np.testing.assert_allclose(pred.X, 0.5 * (base + raw.X), rtol=1e-5, atol=1e-5)
         assert pred.uns["scdoloris"]["calibration"][pert]["type_0"]["baseline"] == name
+    np.testing.assert_allclose(unshrunk.X, out["MeanShift"].X)
+    with pytest.raises(ValueError, match="Unknown baseline 'Meanshift'"):
+        model.baselines_.delta("Meanshift", pert, "type_0")
     change = model.baselines_.delta("MeanShift (shrunk)", pert, "type_0")
     full = model.baselines_.delta("MeanShift", pert, "type_0")
     factor = float(change @ full / (full @ full))
@@ -332,9 +341,10 @@ def test_the_inner_validation_scores_shrunk_baselines_unless_switched_off(calibr
     assert set(shrunk["baseline"]) == {"MeanShift (shrunk)", "Additive (shrunk)"}
     assert shrunk["weight"].max() < 1.0  # the model alone is scored with the measured ones
     assert {"E MeanShift (shrunk)", "EMD Additive (shrunk)"} <= set(model.validation.columns)
-    split = model._inner_split(0)  # scored with the model itself as the inner model
-    with ablations.variant("measured baselines").applied(model):
-        measured = model._score_inner(model, split, 0)
+    split = model._inner_split(0)
+    inner = copy.copy(model)  # the trained model as the inner model, without the ablation
+    with ablations.variant("measured baselines").applied(model):  # as train() would run it
+        measured = model._score_inner(inner, split, 0)
     assert set(measured["baseline"]) == {"NoChange", "MeanShift", "Additive"}
 
 

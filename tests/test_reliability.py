@@ -343,6 +343,11 @@ def test_sigterm_keeps_the_epochs_and_exits_non_zero(tmp_path):
 # FILE_FORMAT in src/scdoloris/model/_file_format.py (older versions then refuse the new files with
 # a clear message) and update the list here.
 MODULE_KWARGS = {
+    4: {
+        "ablation", "cell_type_dropout", "data", "denoiser_kwargs", "graph_kwargs", "mask_kwargs",
+        "molecule_kwargs", "n_cell_types", "n_cond", "n_genes", "n_timesteps", "n_vocab",
+        "share_trunk",
+    },
     3: {
         "ablation", "cell_type_dropout", "data", "denoiser_kwargs", "graph_kwargs", "mask_kwargs",
         "molecule_kwargs", "n_cell_types", "n_cond", "n_genes", "n_timesteps", "n_vocab",

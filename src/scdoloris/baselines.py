@@ -90,7 +90,7 @@ class _TrainingMeans:
     cell_types: list[str]
     sums: dict[tuple[str, str], np.ndarray]
     counts: dict[tuple[str, str], int]
-    # sums of squares (None in baselines fitted before 0.x: no shrinkage, see ``shift``)
+    # sums of squares (None in baselines pickled without them: no shrinkage, see ``shift``)
     sumsq: dict[tuple[str, str], np.ndarray] | None = None
 
     @property
@@ -104,8 +104,10 @@ class _TrainingMeans:
         return self.sums[key] / self.counts[key]
 
     def mean_variance(self, cell_type: str, condition: str) -> np.ndarray:
-        """Per gene, the sampling variance of :meth:`mean` (the cells' variance over their
-        number; infinite for a single cell)."""
+        """Per gene, the sampling variance of :meth:`mean` (infinite for a single cell).
+
+        The cells' variance (``ddof=1``) divided by their number.
+        """
         key = (cell_type, condition)
         n = self.counts[key]
         if n < 2:
@@ -120,7 +122,9 @@ class _TrainingMeans:
         """Mean change of ``condition`` from control (see the module docstring); ``None`` if unseen.
 
         ``shrink``: shrunk toward no change by :func:`shrink_change` with the change's sampling
-        variance (unshrunk for a baseline fitted without sums of squares).
+        variance (unshrunk for a baseline fitted without sums of squares). A context of fewer
+        than two cells has no noise estimate: the shrunk change pools the others (none: no
+        change).
         """
         types = [
             ct
@@ -131,17 +135,28 @@ class _TrainingMeans:
             return None
         if cell_type in types:
             types = [cell_type]
-        weights = np.array([self.counts[(ct, condition)] for ct in types], dtype=np.float64)
+        shrink = shrink and self.sumsq is not None
+        if shrink:
+            types = [t for t in types if min(self._n(t, condition), self._n(t, None)) >= 2]
+            if not types:
+                return np.zeros(len(self.var_names))
+        weights = np.array([self._n(ct, condition) for ct in types], dtype=np.float64)
         weights /= weights.sum()
-        changes = [self.mean(ct, condition) - self.mean(ct, self.control_group) for ct in types]
-        change = sum(w * c for w, c in zip(weights, changes, strict=True))
-        if not shrink or self.sumsq is None:
+        change = sum(
+            w * (self.mean(ct, condition) - self.mean(ct, self.control_group))
+            for w, ct in zip(weights, types, strict=True)
+        )
+        if not shrink:
             return change
         variance = sum(
             w**2 * (self.mean_variance(ct, condition) + self.mean_variance(ct, self.control_group))
             for w, ct in zip(weights, types, strict=True)
         )
         return shrink_change(change, variance)
+
+    def _n(self, cell_type: str, condition: str | None) -> int:
+        """Cells of ``condition`` (None: the control group) in ``cell_type``."""
+        return self.counts[(cell_type, self.control_group if condition is None else condition)]
 
     def singles(self) -> list[str]:
         """Single-token conditions seen in training with a change from control."""
@@ -163,8 +178,21 @@ def shrink_change(change: np.ndarray, variance: np.ndarray) -> np.ndarray:
     """A change of mean expression shrunk toward no change by the positive-part James-Stein
     factor ``max(0, 1 - sum(variance) / |change|^2)``.
 
-    ``variance`` is, per gene, the sampling variance of ``change`` (the variance of the
-    perturbed cells' mean plus that of the control cells' mean). A change no larger than its
+    Parameters
+    ----------
+    change
+        Per gene, a measured change of mean expression (perturbed minus control).
+    variance
+        Per gene, the sampling variance of ``change`` (the variance of the perturbed cells'
+        mean plus that of the control cells' mean); any infinite value shrinks all of it.
+
+    Returns
+    -------
+    ``change`` times the factor (a new array).
+
+    Notes
+    -----
+    A change no larger than its
     sampling noise (a knockout with little effect, few cells) becomes no change; a change well
     above it is kept nearly whole. Over thousands of genes this factor lowers the expected
     squared error of the change whatever the true change is, which is what the E-distance of a
@@ -191,6 +219,21 @@ def _group_sums(X, codes: np.ndarray, n_groups: int) -> np.ndarray:
     sums = indicator @ X
     sums = sums.toarray() if sparse.issparse(sums) else np.asarray(sums)
     return sums.astype(np.float64, copy=False)
+
+
+def _group_sums_of_squares(X, codes: np.ndarray, n_groups: int, chunk: int = 10_000) -> np.ndarray:
+    """Row sums of ``X`` squared per group code (float64), a chunk of rows at a time (the
+    squares of the whole matrix are never held)."""
+    out = np.zeros((n_groups, X.shape[1]))
+    for start in range(0, X.shape[0], chunk):
+        block = X[start : start + chunk]
+        if sparse.issparse(block):
+            block = block.astype(np.float64)
+            block = block.multiply(block)
+        else:
+            block = np.square(np.asarray(block, dtype=np.float64))
+        out += _group_sums(block, codes[start : start + chunk], n_groups)
+    return out
 
 
 def _training_means(
@@ -228,9 +271,7 @@ def _training_means(
     grouped = frame.groupby(["ct", "cond"], sort=True, observed=True)
     codes = grouped.ngroup().to_numpy()
     group_sums = _group_sums(X, codes, grouped.ngroups)
-    group_sumsq = _group_sums(
-        X.multiply(X) if sparse.issparse(X) else X * X, codes, grouped.ngroups
-    )
+    group_sumsq = _group_sums_of_squares(X, codes, grouped.ngroups)
     group_counts = np.bincount(codes, minlength=grouped.ngroups)
     sums: dict[tuple[str, str], np.ndarray] = {}
     sumsq: dict[tuple[str, str], np.ndarray] = {}

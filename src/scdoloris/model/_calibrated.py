@@ -15,7 +15,14 @@ import numpy as np
 import pandas as pd
 
 from .._perturbation import format_tokens
-from ._calibration import Calibration, ConditionKey, blend, blend_scale, condition_kind
+from ._calibration import (
+    SHRUNK,
+    Calibration,
+    ConditionKey,
+    blend,
+    blend_scale,
+    condition_kind,
+)
 from ._data import BACKED_CELLS_PER_CONDITION, _per_condition_sample
 from ._prediction import batches
 
@@ -79,6 +86,7 @@ class CalibrationMixin:
         delimiter = self.setup_args["combination_delimiter"]
         molecules = set(getattr(self, "molecule_names_", []) or [])
         forced = self._switches().blend  # an ablation's blend, or "calibrated"
+        measured = self._switches().baselines == "measured"  # an ablation: no shrunk baselines
         plans = []
         for tokens, d in zip(parsed, doses, strict=True):
             dosed = d is not None and any(t in molecules for t in tokens) and d > 0
@@ -89,6 +97,8 @@ class CalibrationMixin:
                 kind = self._condition_kind(tokens, str(ct), dose_label) if tokens else "control"
                 choice = calibration.choice(kind) if tokens else ("NoChange", 1.0, "scaled")
                 baseline, weight, how = choice
+                if measured:
+                    baseline = baseline.removesuffix(SHRUNK)
                 per_type[str(ct)] = (
                     kind,
                     baseline,

@@ -332,7 +332,9 @@ def is_candidate(frame: pd.DataFrame, candidate: tuple[str, float, str]) -> pd.S
 
 def _named_candidates(frame: pd.DataFrame, choice: tuple[str, float, str]) -> dict[str, pd.Series]:
     # the model alone once (every baseline's weight-1 row is the same prediction)
-    named = {"model": (frame["weight"] == 1.0) & (frame["baseline"] == frame["baseline"].iloc[0])}
+    alone = frame["weight"] == 1.0
+    first = frame.loc[alone, "baseline"].iloc[0] if alone.any() else None
+    named = {"model": alone & (frame["baseline"] == first)}
     for name in BASELINES:
         sel = (frame["baseline"] == name) & (frame["weight"] == 0.0)
         if sel.any():
@@ -373,15 +375,16 @@ def _choose(frame: pd.DataFrame, kind: str) -> tuple[str, float, str]:
     better = [bw for bw, ok in zip(table.columns, clear, strict=True) if ok]
     if not better:
         return default
-    # ties (within rounding) go to the smaller weight, then to the kind's baseline (shrunk or
-    # not): for a single perturbation Additive is MeanShift, and the name should say MeanShift
-    family = default[0]
+    # ties (within rounding) go to the smaller weight, then to a measured baseline (a change
+    # shrunk to nothing is no change), then to the kind's baseline (for a single perturbation
+    # Additive is MeanShift, and the name should say MeanShift)
     best = min(
         better,
         key=lambda bw: (
             round(float(table[bw].mean()), 9),
             bw[1],
-            bw[0].removesuffix(SHRUNK) != family,
+            bw[0].endswith(SHRUNK),
+            bw[0].removesuffix(SHRUNK) != default[0],
         ),
     )
     return str(best[0]), float(best[1]), str(best[2])

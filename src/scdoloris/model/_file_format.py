@@ -13,6 +13,8 @@ this one, converting older saves with :func:`upgrade`.
    the ablations' switches in ``ablation``; the additive prior, the control statistics and the
    graph-attention layers live in sub-modules (``prior.*``, ``control_states.*``,
    ``*.layers.*``).
+4. The calibration may choose shrunk baselines (``"MeanShift (shrunk)"``), which a format-3
+   reader would take for another baseline; and the baselines keep sums of squares.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from ..ablations import ModuleSwitches
 from ..module import DolorisModule
 from ..module._doloris import DENOISER_DEFAULTS, GRAPH_DEFAULTS, MASK_DEFAULTS, MOLECULE_DEFAULTS
 
-FILE_FORMAT = 3
+FILE_FORMAT = 4
 
 # format <= 2: DolorisModule's flat keyword arguments -> (keyword dict, key in it)
 _GROUPED = {
@@ -105,7 +107,7 @@ def check_module_options(module_kwargs: dict, dir_path: str, version: str) -> No
 
 def upgrade(attr_dict: dict, state_dict: dict, file_format: int) -> None:
     """Convert a save of an older format to the current one, in place."""
-    if file_format >= FILE_FORMAT:
+    if file_format >= 3:  # format 3 -> 4: nothing to convert (no shrunk baselines in 3)
         return
     kwargs = attr_dict["module_kwargs_"]
     if file_format == 1:

@@ -72,6 +72,8 @@ class BaselineShifts:
         ending in ``" (shrunk)"``: each measured change shrunk toward no change by its sampling
         noise (:func:`scdoloris.baselines.shrink_change`).
         """
+        if baseline not in BASELINES:
+            raise ValueError(f"Unknown baseline {baseline!r}; the baselines are {BASELINES}.")
         shrink = baseline.endswith(SHRUNK)
         baseline = baseline.removesuffix(SHRUNK)
         if baseline == "NoChange":
@@ -79,12 +81,12 @@ class BaselineShifts:
         if baseline == "Additive" and self.additive is not None:
             try:
                 self.additive._check_perturbation(label)
-                return self.additive._delta(label, cell_type, shrink)
+                return self.additive._delta(label, cell_type, shrink=shrink)
             except ValueError:
                 pass
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return self.mean_shift._delta(label, cell_type, shrink)
+            return self.mean_shift._delta(label, cell_type, shrink=shrink)
 
     def predict(self, baseline: str, X: np.ndarray, label: str, cell_types: np.ndarray):
         """The baseline's prediction of ``label`` from input cells ``X`` (dense)."""
@@ -278,8 +280,10 @@ class InnerValidationMixin:
         # the blends scored: both, or an ablation's one (inside ablations.Variant.applied)
         how = inner._switches().blend
         blends = BLENDS if how == "calibrated" else (how,)
-        # the baselines scored: measured and shrunk changes, or measured only (an ablation)
-        baselines = BASELINES if inner._switches().baselines == "both" else MEASURED
+        # the baselines scored: measured and shrunk changes, or measured only (an ablation of
+        # this model, or of the inner model in benchmarks/defaults.py)
+        measured = "measured" in (self._switches().baselines, inner._switches().baselines)
+        baselines = MEASURED if measured else BASELINES
         rows = []
         for cond in split.conditions:
             with warnings.catch_warnings():  # held-out tokens may be unknown to the inner model
