@@ -112,8 +112,7 @@ class _TrainingMeans:
         n = self.counts[key]
         if n < 2:
             return np.full(len(self.var_names), np.inf)
-        mean = self.sums[key] / n
-        var = np.maximum(self.sumsq[key] / n - mean**2, 0.0) * n / (n - 1)
+        var = np.maximum(self.sumsq[key] / n - self.mean(*key) ** 2, 0.0) * n / (n - 1)
         return var / n
 
     def shift(
@@ -192,9 +191,8 @@ def shrink_change(change: np.ndarray, variance: np.ndarray) -> np.ndarray:
 
     Notes
     -----
-    A change no larger than its
-    sampling noise (a knockout with little effect, few cells) becomes no change; a change well
-    above it is kept nearly whole. Over thousands of genes this factor lowers the expected
+    A change no larger than its sampling noise (a knockout with little effect, few cells)
+    becomes no change; a change well above it is kept nearly whole. Over thousands of genes this factor lowers the expected
     squared error of the change whatever the true change is, which is what the E-distance of a
     shifted prediction grows with. Hand-written (a two-line formula; no library ships it).
 

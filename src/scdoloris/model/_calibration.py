@@ -53,7 +53,7 @@ SHRUNK = " (shrunk)"  # a baseline whose measured changes are shrunk by their no
 MEASURED = ("NoChange", "MeanShift", "Additive")
 # the candidates' baselines: each measured change also shrunk toward no change by its sampling
 # noise (scdoloris.baselines.shrink_change), which the inner validation may choose
-BASELINES = MEASURED + tuple(b + SHRUNK for b in MEASURED[1:])
+BASELINES = MEASURED + tuple(b + SHRUNK for b in MEASURED if b != "NoChange")
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 # the calibration's starting point per kind (see Calibration.fit): the baseline that applies
 DEFAULT_BASELINE = {
