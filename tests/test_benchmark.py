@@ -229,3 +229,24 @@ def test_calibration_rule_scores_both_rules_leave_one_condition_out():
     assert summary.loc["t", "conditions"] == 5
     assert summary.loc["t", "Δ E"] == pytest.approx(np.mean(steadies) - np.mean([1.8] + [2.0] * 4))
     assert summary.loc["t", "choices changed"] == pytest.approx(0.8)
+
+
+def test_clear_margin_scores_each_margin_leave_one_condition_out():
+    margin = _load("clear_margin")
+    # the model alone beats the default (MeanShift 0.5) on four conditions and loses on the
+    # fifth: held out, "a" to "d" see a gain of 1.8 to 1.9 SE, "e" of 12 SE
+    rows = []
+    for c, gain in zip("abcde", (1.0, 1.2, 0.8, 1.0, -0.4), strict=True):
+        for w, e in ((0.0, 2.5), (0.5, 2.0), (1.0, 2.0 - 0.1 * gain)):
+            rows.append((c, "transfer", "MeanShift", w, "scaled", e, 0.1 * e))
+    columns = ["condition", "kind", "baseline", "weight", "blend", "e_distance", "emd"]
+    scores = pd.DataFrame(rows, columns=columns).assign(task="t", fold=0, seed=0)
+    table = margin.compare(scores, [1.0, 2.0, 99.0]).set_index(["margin", "condition"])
+    assert (table.loc[99.0, "weight"] == 0.5).all()  # never clear: the default everywhere
+    assert (table.loc[1.0, "weight"] == 1.0).all()
+    # held out "a": gains (1.2, 0.8, 1, -0.4), mean 0.65, SE 0.36: within two SE
+    assert table.loc[2.0, "weight"].tolist() == [0.5, 0.5, 0.5, 0.5, 1.0]
+    summary = margin.summary(table.reset_index(), reference=1.0)
+    assert summary.loc[("t", 99.0), "moved from the default"] == "0%"
+    assert summary.loc[("t", 1.0), "Δ E"] == "+0.00000 ± 0.00000"
+    assert margin._calibration.CLEAR_SE == 2.0  # restored after the block

@@ -405,3 +405,22 @@ def test_the_validation_figure_needs_a_calibration(tiny_simulated_model):
     _, model = tiny_simulated_model(n_cells=200, n_genes=60)
     with pytest.raises(ValueError, match="calibrate=True"):
         plotting.validation(model)
+
+
+@pytest.mark.parametrize(
+    ("gains", "moves"),
+    [
+        ((1.0, 1.0, 1.0, -0.5), False),  # mean 0.625, SE 0.375: 1.7 SE, within the margin
+        ((1.0, 1.0, 1.0, 0.2), True),  # mean 0.8, SE 0.2: 4 SE
+    ],
+)
+def test_a_candidate_must_beat_the_default_by_two_standard_errors(gains, moves):
+    from scdoloris.model._calibration import CLEAR_SE
+
+    assert CLEAR_SE == 2.0
+    rows = []
+    for c, gain in zip("abcd", gains, strict=True):
+        for w, e in ((0.0, 2.5), (0.5, 2.0), (1.0, 2.0 - 0.1 * gain)):
+            rows.append((c, "transfer", "MeanShift", w, e, 0.1 * e))
+    choice = Calibration.fit(_scores(rows)).choice("transfer")
+    assert choice == (("MeanShift", 1.0, "scaled") if moves else ("MeanShift", 0.5, "scaled"))

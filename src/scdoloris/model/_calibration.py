@@ -67,6 +67,10 @@ PRIOR_WEIGHT = 0.5  # the equal-weight blend of the model and the baseline
 # how a blend combines the two predictions (see blend): the first is the default
 BLENDS = ("scaled", "cells")
 MIN_EVIDENCE = 3  # inner conditions needed to move away from it
+# standard errors by which a candidate must beat the default: about 37 candidates are tested
+# per kind, so a one-SE margin lets chance move a kind; two measured better on the inner
+# validation (benchmarks/README.md, "The choice rule's margin")
+CLEAR_SE = 2.0
 # per gene, the factors by which the blend may scale the model's cells (see blend_scale)
 SCALE_RANGE = (0.5, 2.0)
 MIN_MEAN = 1e-6  # a model mean below this counts as silent (no factor)
@@ -218,8 +222,10 @@ class Calibration:
         blended means, :func:`blend`): averaging two predictors whose errors are partly independent
         is a robust choice, and weights estimated from a few validation conditions are noisy
         (the "forecast combination puzzle": estimated weights rarely beat equal ones). Another
-        candidate replaces it only when it is better on average by more than one standard error
-        over the kind's inner conditions (paired, at least :data:`MIN_EVIDENCE` conditions);
+        candidate replaces it only when it is better on average by more than :data:`CLEAR_SE`
+        (two) standard errors over the kind's inner conditions (paired, at least
+        :data:`MIN_EVIDENCE` conditions; about 37 candidates are tested per kind, so a margin of
+        one standard error would let chance move many kinds);
         of the candidates that are, the one with the lowest mean loss. (Testing only the lowest
         mean would keep the default whenever that candidate is erratic, even when a steadier
         one is clearly better.) The loss of a candidate on a condition is its
@@ -368,10 +374,10 @@ def _choose(frame: pd.DataFrame, kind: str) -> tuple[str, float, str]:
     n = len(table)
     if default not in table.columns or n < MIN_EVIDENCE:
         return default
-    # paired gain over the default, per candidate: clear when above one standard error (a
-    # gain within rounding of zero never is, so near-ties stay with the default)
+    # paired gain over the default, per candidate: clear when above CLEAR_SE standard errors
+    # (a gain within rounding of zero never is, so near-ties stay with the default)
     gain = table[[default]].to_numpy() - table.to_numpy()
-    clear = gain.mean(axis=0).round(9) > gain.std(axis=0, ddof=1) / np.sqrt(n)
+    clear = gain.mean(axis=0).round(9) > CLEAR_SE * gain.std(axis=0, ddof=1) / np.sqrt(n)
     better = [bw for bw, ok in zip(table.columns, clear, strict=True) if ok]
     if not better:
         return default
