@@ -1,9 +1,11 @@
 """Compare the calibration's choice rule with its first version, offline, on inner scores only.
 
 The calibration (``scdoloris.model._calibration.Calibration.fit``) keeps the equal-weight blend
-unless another candidate is better on a kind's inner conditions by more than one standard error.
+unless another candidate is better on a kind's inner conditions by more than ``CLEAR_SE``
+standard errors (one when this comparison was made, two since: ``clear_margin.py``).
 Its first version tested only the candidate with the lowest mean loss (``lowest_mean_only``
-below); the rule now takes, of the candidates that pass the test, the one with the lowest mean.
+below, at one standard error); the rule now takes, of the candidates that pass the test, the
+one with the lowest mean.
 Both rules are scored here leave one inner condition out (``defaults.held_out_choices``) on the
 candidates' inner scores that ``defaults.py --scores`` writes: the benchmark's test conditions
 are never read.
