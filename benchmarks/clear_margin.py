@@ -17,9 +17,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import warnings
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -32,24 +32,14 @@ from scdoloris.model import _calibration
 KEY = ["task", "fold", "seed"]
 
 
-@contextlib.contextmanager
-def margin(value: float):
-    """``Calibration.fit`` with ``CLEAR_SE = value`` inside the block."""
-    current = _calibration.CLEAR_SE
-    _calibration.CLEAR_SE = value
-    try:
-        yield
-    finally:
-        _calibration.CLEAR_SE = current
-
-
 def compare(scores: pd.DataFrame, margins: list[float]) -> pd.DataFrame:
     """Per inner condition and margin: the held-out choice and its scores."""
     rows = []
     for tags, frame in scores.groupby(KEY):
         kinds = frame.groupby("condition")["kind"].first()
         for value in margins:
-            with margin(value), warnings.catch_warnings():
+            # Calibration.fit with CLEAR_SE = value inside the block
+            with mock.patch.object(_calibration, "CLEAR_SE", value), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 loo = held_out_choices(frame.drop(columns=KEY))
             loo = loo.rename_axis("condition").reset_index()

@@ -192,9 +192,10 @@ def shrink_change(change: np.ndarray, variance: np.ndarray) -> np.ndarray:
     Notes
     -----
     A change no larger than its sampling noise (a knockout with little effect, few cells)
-    becomes no change; a change well above it is kept nearly whole. Over thousands of genes this factor lowers the expected
-    squared error of the change whatever the true change is, which is what the E-distance of a
-    shifted prediction grows with. Hand-written (a two-line formula; no library ships it).
+    becomes no change; a change well above it is kept nearly whole. Over thousands of genes
+    this factor lowers the expected squared error of the change whatever the true change is,
+    which is what the E-distance of a shifted prediction grows with. Hand-written (a two-line
+    formula; no library ships it).
 
     Examples
     --------
