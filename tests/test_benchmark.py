@@ -250,3 +250,27 @@ def test_clear_margin_scores_each_margin_leave_one_condition_out():
     assert summary.loc[("t", 99.0), "moved from the default"] == "0%"
     assert summary.loc[("t", 1.0), "Δ E"] == "+0.00000 ± 0.00000"
     assert margin._calibration.CLEAR_SE == 2.0  # restored after the block
+
+
+def test_input_blend_compares_candidate_sets_leave_one_condition_out():
+    inputs = _load("input_blend")
+    # the input blend at w = 0.25 beats the default (MeanShift 0.5, scaled) on every condition
+    # by far; at weights 0 and 1 it is worse than the default
+    rows = []
+    for c, noise in zip("abcde", (0.0, 0.1, -0.1, 0.05, -0.05), strict=True):
+        for w, e in ((0.0, 2.5), (0.5, 2.0), (1.0, 2.2)):
+            rows.append((c, "transfer", "MeanShift", w, "scaled", e, 0.1 * e))
+        for w, e in ((0.0, 3.0), (0.25, 1.0 + noise), (1.0, 3.0)):
+            rows.append((c, "transfer", "MeanShift", w, "input", e, 0.1 * e))
+    columns = ["condition", "kind", "baseline", "weight", "blend", "e_distance", "emd"]
+    scores = pd.DataFrame(rows, columns=columns).assign(task="t", fold=0, seed=0)
+    table = inputs.compare(scores).set_index(["set", "condition"])
+    assert table.loc["without input", "blend"].tolist() == ["scaled"] * 5
+    assert table.loc["input at 0 and 1", "weight"].tolist() == [0.5] * 5
+    assert table.loc["with input", "blend"].tolist() == ["input"] * 5
+    assert table.loc["with input", "weight"].tolist() == [0.25] * 5
+    summary = inputs.summary(table.reset_index())
+    assert summary.loc["t", "E with input"] == "1.0000"
+    assert summary.loc["t", "Δ E input at 0 and 1"] == "+0.00000 ± 0.00000"
+    assert summary.loc["t", "Δ E with input"].startswith("-1.00000 ± 0.0")
+    assert summary.loc["t", "with input chose it"] == "100%"

@@ -12,6 +12,7 @@ import pytest
 from scdoloris import ablations
 from scdoloris.metrics import e_distance
 from scdoloris.model._calibration import (
+    BLENDS,
     DEFAULT_BASELINE,
     KINDS,
     PRIOR_WEIGHT,
@@ -215,6 +216,45 @@ def test_blend_keeps_the_models_cells_and_takes_the_blended_mean():
     np.testing.assert_allclose(out[:, 2:], cells[:, 2:])
 
 
+def test_the_input_blend_keeps_the_input_cells_at_every_weight():
+    rng = np.random.default_rng(1)
+    inputs = rng.gamma(2.0, 1.0, size=(40, 3)) * (rng.random((40, 3)) < 0.5)
+    model = inputs + rng.normal(0.3, 0.5, size=(40, 3)).clip(0)
+    base = inputs * [1.5, 1.2, 0.1] + 0.2  # gene 2: the baseline's mean about 7x lower
+    factors = {}
+    for weight in (0.0, 0.25, 1.0):
+        out = blend(model, base, weight, how="input", inputs=inputs)
+        cells = (1 - weight) * base + weight * model
+        np.testing.assert_allclose(out.mean(axis=0), cells.mean(axis=0))
+        scale = blend_scale(model.mean(0), base.mean(0), weight, shape_mean=inputs.mean(0))
+        ok = factors[weight] = np.isfinite(scale)
+        # the input's zeros and order, scaled; the other genes the cell-by-cell blend
+        np.testing.assert_array_equal(out[:, ok] == 0, inputs[:, ok] == 0)
+        np.testing.assert_allclose(out[:, ok], inputs[:, ok] * scale[ok])
+        np.testing.assert_allclose(out[:, ~ok], cells[:, ~ok])
+    # gene 2: the baseline's mean is too far from the input's for a factor, the model's is not
+    assert factors[0.0].tolist() == [True, True, False] and factors[1.0].all()
+    with pytest.raises(ValueError, match="needs the input cells"):
+        blend(model, base, 0.5, how="input")
+
+
+def test_the_input_blend_is_a_candidate_of_its_own_at_weights_0_and_1():
+    rows = []
+    for c in "abcd":
+        for w, how, e in ((0.0, "scaled", 2.0), (0.5, "scaled", 1.5), (1.0, "scaled", 1.6)):
+            rows.append((c, "transfer", "MeanShift", w, how, e, 0.1))
+        rows.append((c, "transfer", "MeanShift", 0.0, "input", 1.0 + 0.01 * "abcd".index(c), 0.1))
+        rows.append((c, "transfer", "NoChange", 0.0, "scaled", 3.0, 0.1))
+    columns = ["condition", "kind", "baseline", "weight", "blend", "e_distance", "emd"]
+    cal = Calibration.fit(pd.DataFrame(rows, columns=columns))
+    assert cal.choice("transfer") == ("MeanShift", 0.0, "input")
+    assert cal.expected_error("transfer")["e_distance"] == pytest.approx(1.015)
+    summary = cal.summary().loc["transfer"]
+    # the baseline alone is its shifted cells, not the input blend at weight 0
+    assert summary["E MeanShift"] == pytest.approx(2.0) and summary["E model"] == pytest.approx(1.6)
+    assert summary["E calibrated"] == pytest.approx(1.015)
+
+
 # ---------------------------------------------------------------- the model
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
@@ -303,6 +343,29 @@ def test_predict_blends_the_model_and_the_baseline(calibrated):
     assert not np.allclose(by_cell.X, cal.X)
     assert "calibration" not in raw.uns["scdoloris"]
     assert np.isfinite(info["e_distance"]) and info["n_conditions"] >= 1
+
+
+def test_predict_blends_on_the_input_cells_where_chosen(calibrated):
+    adata, model = calibrated
+    ctrl, pert, X = _type_0_controls(adata)
+    saved = copy.deepcopy(model.calibration_)
+    out = {}
+    try:
+        # in batches: the condition's means are still taken over all of its cells
+        kw = {"seed": 0, "progress_bar": False, "batch_size": 7}
+        raw = model.predict(ctrl, pert, calibrate=False, **kw)
+        for weight in (0.0, 1.0):
+            model.calibration_["choices"]["seen"] = ["MeanShift", weight, "input"]
+            out[weight] = model.predict(ctrl, pert, **kw)
+    finally:
+        model.calibration_ = saved
+    baseline = model.baselines_.predict("MeanShift", X, pert, np.full(ctrl.n_obs, "type_0"))
+    for weight, pred in out.items():
+        expected = blend(raw.X, baseline, weight, how="input", inputs=X)
+        np.testing.assert_allclose(pred.X, expected, rtol=1e-5, atol=1e-5)
+        info = pred.uns["scdoloris"]["calibration"][pert]["type_0"]
+        assert (info["weight"], info["blend"]) == (weight, "input")
+    assert not np.allclose(out[1.0].X, raw.X)  # weight 1 is not the model alone here
 
 
 def test_a_shrunk_baseline_blends_with_shrunk_changes(calibrated):
@@ -397,6 +460,12 @@ def test_the_validation_figure_marks_the_choice(calibrated, tmp_path):
     assert len(fig.axes) == 2 * len(validated)
     titles = [ax.get_title() for ax in fig.axes]
     assert all(any(t.startswith(k) for t in titles) for k in validated)
+    # one line per baseline and blend, the input blend dotted
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    labels = [label for label in lines if label != "chosen"]
+    assert {label.rsplit(" (", 1)[1][:-1] for label in labels} == set(BLENDS)
+    dotted = [lines[label].get_linestyle() for label in labels if label.endswith("(input)")]
+    assert dotted and set(dotted) == {":"}
 
 
 def test_the_validation_figure_needs_a_calibration(tiny_simulated_model):

@@ -118,8 +118,9 @@ class PredictionSwitches:
     fraction of the diffusion time the bridge goes through, in (0, 1]. ``blend``: how the
     calibration blends the model with a baseline, ``"calibrated"`` (the method: as the inner
     validation chose per kind, the model's cells scaled per gene to the blended means unless
-    averaging each cell with the baseline's prediction of it did clearly better), ``"cells"``
-    or ``"scaled"`` (always that one; in the inner validation's scores too). ``baselines``:
+    averaging each cell with the baseline's prediction of it, or scaling the input cells, did
+    clearly better), ``"cells"`` or ``"scaled"`` (always that one; in the inner validation's
+    scores too). ``baselines``:
     the baselines the inner validation scores, ``"both"`` (the method: each measured change
     and the same change shrunk by its sampling noise) or ``"measured"`` (the measured changes
     only, the previous method).
@@ -190,8 +191,8 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "no target on controls": {"target_on_controls": False},
     "source on all genes": {"source_on_all_genes": True},
     "no token dropout": {"token_dropout": 0.0},
-    # the calibration's blend: the first version (cell by cell) and scaled cells only; inner
-    # validation of every task kind in benchmarks/README.md
+    # the calibration's blend: the first version (cell by cell) and scaled cells only (neither
+    # the cell-by-cell nor the input blend); inner validation in benchmarks/README.md
     "cell blend": {"blend": "cells"},
     "scaled blend": {"blend": "scaled"},
     # the calibration's baselines without the shrunk changes: inner validation of every task

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import anndata as ad
+import pandas as pd
 
 __all__ = ["umap", "validation"]
 
@@ -105,14 +106,30 @@ def umap(
     return fig
 
 
+_STYLES = {"scaled": "-", "cells": "--", "input": ":"}  # the line of each blend
+
+
+def _curve(frame, baseline: str, how: str, metric: str):
+    """Per weight, the mean ``metric`` of the candidate ``(baseline, weight, how)``."""
+    from .model._calibration import is_candidate
+
+    points = {}
+    for w in sorted(set(frame["weight"])):
+        rows = frame.loc[is_candidate(frame, (baseline, w, how)), metric]
+        if len(rows):
+            points[w] = rows.mean()
+    return pd.Series(points, dtype=float)
+
+
 def validation(model, path: str | Path | None = None, *, dpi: int = 120):
     """Draw the inner validation of :meth:`~scdoloris.DolorisModel.train`: how the E-distance
     and EMD of the blend of the model and a baseline change with the model's weight ``w``
     (:func:`scdoloris.model._calibration.blend`).
 
     One row of two panels (E-distance, EMD) per kind of condition that had inner conditions;
-    one line per baseline and blend (solid: the model's cells scaled, dashed: cell by cell;
-    ``w = 0`` is the baseline alone, ``w = 1`` the diffusion model alone), the mean over the
+    one line per baseline and blend (solid: the model's cells scaled, dashed: cell by cell,
+    dotted: the input cells scaled; ``w = 0`` is the baseline alone, ``w = 1`` the diffusion
+    model alone, for the input blend their mean changes on the input cells), the mean over the
     kind's inner conditions; the blend :meth:`predict` uses is circled. Read it to see whether
     the model beats the baselines on held-out training conditions of each kind, and by how
     much the calibration leans on them.
@@ -157,17 +174,17 @@ def validation(model, path: str | Path | None = None, *, dpi: int = 120):
         for ax, metric, label in zip(
             row, ("e_distance", "emd"), ("E-distance", "EMD"), strict=True
         ):
+            model_alone = (frame["weight"] == 1.0) & (frame["blend"] != "input")
+            alone = frame.loc[model_alone, metric].mean()
             for i, name in enumerate(dict.fromkeys(frame["baseline"])):
-                for mode, style in zip(dict.fromkeys(frame["blend"]), ("-", "--"), strict=False):
-                    mine = frame[frame["baseline"] == name]
-                    mine = mine[(mine["blend"] == mode) | mine["weight"].isin([0.0, 1.0])]
-                    curve = mine.groupby("weight")[metric].mean()
-                    if 1.0 not in curve.index:  # shrunk baselines: the model alone is scored once
-                        curve[1.0] = frame.loc[frame["weight"] == 1.0, metric].mean()
+                for mode in dict.fromkeys(frame["blend"]):
+                    curve = _curve(frame, name, mode, metric)
+                    if 1.0 not in curve.index and mode != "input":  # scored once per kind
+                        curve[1.0] = alone
                     ax.plot(
                         curve.index,
                         curve.to_numpy(),
-                        style,
+                        _STYLES.get(mode, "-"),
                         marker="o",
                         ms=3,
                         color=f"C{i}",

@@ -118,7 +118,11 @@ class CalibrationMixin:
         :func:`~._calibration.blend` needs the condition's means per gene, so the input is read
         twice, batch by batch: once for the means, once to blend.
         """
-        todo = {ct: choice for ct, (_, *choice) in plan["per_type"].items() if choice[1] < 1.0}
+        todo = {
+            ct: choice
+            for ct, (_, *choice) in plan["per_type"].items()
+            if choice[1] < 1.0 or choice[2] == "input"
+        }
         if not todo:
             return
         ct_names = np.asarray(ct_names)
@@ -130,26 +134,27 @@ class CalibrationMixin:
                 if len(rows):
                     base = self.baselines_.predict(baseline, x[rows], plan["label"], names[rows])
                     at = sl.start + rows
-                    block[at] = blend(block[at], base, weight, scales.get(ct), how)
+                    block[at] = blend(block[at], base, weight, scales.get(ct), how, x[rows])
 
     def _blend_scales(self, block, X, ct_names, label, todo, batch_size) -> dict:
-        """Per cell type blended with ``"scaled"``, :func:`~._calibration.blend_scale` of the
-        condition's means."""
-        todo = {ct: choice for ct, choice in todo.items() if choice[2] == "scaled"}
+        """Per cell type blended with ``"scaled"`` or ``"input"``,
+        :func:`~._calibration.blend_scale` of the condition's means."""
+        todo = {ct: choice for ct, choice in todo.items() if choice[2] in ("scaled", "input")}
         if not todo:
             return {}
-        sums = {ct: np.zeros((2, block.shape[1])) for ct in todo}  # model, baseline
+        sums = {ct: np.zeros((3, block.shape[1])) for ct in todo}  # model, baseline, input
         for sl in batches(block.shape[0], batch_size):
             x, names = X[sl], ct_names[sl]
             for ct, (baseline, *_) in todo.items():
                 rows = names == ct
                 if rows.any():
                     base = self.baselines_.predict(baseline, x[rows], label, names[rows])
-                    sums[ct] += (block[sl][rows].sum(axis=0), base.sum(axis=0))
+                    sums[ct] += (block[sl][rows].sum(axis=0), base.sum(axis=0), x[rows].sum(axis=0))
         scales = {}
-        for ct, (_, weight, _) in todo.items():
-            model_mean, baseline_mean = sums[ct] / max(int((ct_names == ct).sum()), 1)
-            scales[ct] = blend_scale(model_mean, baseline_mean, weight)
+        for ct, (_, weight, how) in todo.items():
+            model_mean, baseline_mean, input_mean = sums[ct] / max(int((ct_names == ct).sum()), 1)
+            shape = input_mean if how == "input" else None
+            scales[ct] = blend_scale(model_mean, baseline_mean, weight, shape_mean=shape)
         return scales
 
     def _blend_report(self, names: list[str], plans: list[dict]) -> dict:

@@ -306,10 +306,11 @@ class InnerValidationMixin:
                 B = shifts.predict(baseline, X, cond.label, cts)
                 # the model alone (weight 1) once per measured baseline, as before shrunk ones
                 for w in WEIGHTS if baseline in MEASURED else WEIGHTS[:-1]:
-                    # weights 0 and 1 (the baseline, the model) are the same in every blend
-                    for mode in blends if 0 < w < 1 else blends[:1]:
+                    for mode in _blends_at(w, baseline, blends):
                         e, m = (
-                            model_scores if w >= 1 else _scores(blend(P, B, w, how=mode), cond.real)
+                            model_scores
+                            if w >= 1 and mode != "input"
+                            else _scores(blend(P, B, w, how=mode, inputs=X), cond.real)
                         )
                         rows.append(
                             {
@@ -323,6 +324,18 @@ class InnerValidationMixin:
                             }
                         )
         return pd.DataFrame(rows)
+
+
+def _blends_at(weight: float, baseline: str, blends: tuple[str, ...]) -> list[str]:
+    """The blends scored at ``weight``: at 0 and 1 (the baseline, the model) every blend but
+    ``"input"`` is the same prediction, scored once; ``"input"`` with no change at weight 0 is
+    the input cells, no change itself."""
+    if 0 < weight < 1:
+        return list(blends)
+    same = [b for b in blends if b != "input"][:1]
+    if "input" in blends and not (weight <= 0 and baseline == "NoChange"):
+        return [*same, "input"]
+    return same
 
 
 def _cap_rows(rows: np.ndarray, ids: np.ndarray, max_cells: int, rng) -> np.ndarray:
