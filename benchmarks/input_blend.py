@@ -10,10 +10,9 @@ script scores, on the inner validation's candidate scores written by ``defaults.
 - ``input at 0 and 1``: the input blend added at weights 0 and 1 only;
 - ``with input``: the input blend at every weight (the method).
 
-Each inner condition is scored with the choice of a calibration fitted on the OTHER inner
-conditions of its fold and seed (leave one condition out, as ``defaults.py``'s "calibrated
-LOO"). Differences are paired per condition and seed, against ``without input``, with their
-standard error.
+Compared as in ``candidate_sets.py``: each inner condition scored with the choice of a
+calibration fitted on the other inner conditions of its fold and seed, paired differences
+against ``without input`` ± SE.
 
 Usage::
 
@@ -24,15 +23,10 @@ Usage::
 from __future__ import annotations
 
 import sys
-import warnings
 
-import numpy as np
 import pandas as pd
-import run
-from _machine import run_record
-from defaults import held_out_choices
+from candidate_sets import report
 
-KEY = ["task", "fold", "seed"]
 SETS = ("without input", "input at 0 and 1", "with input")
 
 
@@ -43,52 +37,17 @@ def candidate_sets(scores: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return dict(zip(SETS, (scores[other], ends, scores), strict=True))
 
 
-def compare(scores: pd.DataFrame) -> pd.DataFrame:
-    """Per inner condition and candidate set: the held-out choice and its scores."""
-    rows = []
-    for tags, frame in scores.groupby(KEY):
-        for name, cands in candidate_sets(frame.drop(columns=KEY)).items():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                loo = held_out_choices(cands)
-            loo = loo.rename_axis("condition").reset_index()
-            rows.append(loo.assign(**dict(zip(KEY, tags, strict=True)), set=name))
-    return pd.concat(rows, ignore_index=True)
-
-
-def summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per task kind: mean E-distance and EMD per set, and each set minus ``without input``."""
-    wide = table.pivot_table(
-        index=["task", "seed", "fold", "condition"], columns="set", values=["e_distance", "emd"]
-    )
-    rows = []
-    for task, q in wide.groupby(level="task"):
-        row = {"task kind": task, "n": len(q)}
-        for metric, label in (("e_distance", "E"), ("emd", "EMD")):
-            for name in SETS:
-                row[f"{label} {name}"] = f"{q[(metric, name)].mean():.4f}"
-            for name in SETS[1:]:
-                d = q[(metric, name)] - q[(metric, SETS[0])]
-                se = d.std(ddof=1) / np.sqrt(len(d))
-                row[f"Δ {label} {name}"] = f"{d.mean():+.5f} ± {se:.5f}"
-            d = q[(metric, SETS[-1])] - q[(metric, SETS[0])]
-            seeds = d.groupby(level="seed").mean()
-            row[f"Δ {label} with input per seed"] = " / ".join(f"{v:+.4f}" for v in seeds)
-        chosen = table[(table["task"] == task) & (table["set"] == SETS[-1])]
-        row["with input chose it"] = f"{(chosen['blend'] == 'input').mean():.0%}"
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("task kind")
+def chose_input(choices: pd.DataFrame) -> pd.Series:
+    """Which held-out choices are the input blend."""
+    return choices["blend"] == "input"
 
 
 def main(argv: list[str] | None = None) -> int:
-    info = run_record(run._command(argv))
-    paths = sys.argv[1:] if argv is None else argv
-    scores = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
-    assert (scores["blend"] == "input").any(), "scores without the input blend"
-    print(f"Command: `{info['command']}`; commit {info['commit']}; {info['date']}")
-    print(f"Machine: {info['machine']}")
-    print(summary(compare(scores)).T.to_markdown())
-    return 0
+    def needs(scores: pd.DataFrame) -> str | None:
+        has = (scores["blend"] == "input").any()
+        return None if has else "no input blend in the scores: write them at eaed4ad or later"
+
+    return report(argv, candidate_sets, "input", chose_input, needs)
 
 
 if __name__ == "__main__":

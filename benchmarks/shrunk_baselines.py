@@ -11,10 +11,9 @@ conditions are never predicted), the calibration fitted with:
 - ``shrunk only``: every measured change replaced by its shrunk one;
 - ``both``: both as candidates (the method), the default candidate unchanged.
 
-Each inner condition is scored with the choice of a calibration fitted on the OTHER inner
-conditions of its fold and seed (leave one condition out, as ``defaults.py``'s "calibrated
-LOO"). Differences are paired per condition and seed, against ``measured``, with their
-standard error.
+Compared as in ``candidate_sets.py``: each inner condition scored with the choice of a
+calibration fitted on the other inner conditions of its fold and seed, paired differences
+against ``measured`` ± SE.
 
 Usage::
 
@@ -25,17 +24,11 @@ Usage::
 from __future__ import annotations
 
 import sys
-import warnings
 
-import numpy as np
 import pandas as pd
-import run
-from _machine import run_record
-from defaults import held_out_choices
+from candidate_sets import report
 
 from scdoloris.model._calibration import MEASURED, SHRUNK
-
-KEY = ["task", "fold", "seed"]
 
 
 def candidate_sets(scores: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -51,52 +44,17 @@ def candidate_sets(scores: pd.DataFrame) -> dict[str, pd.DataFrame]:
     }
 
 
-def compare(scores: pd.DataFrame) -> pd.DataFrame:
-    """Per inner condition and candidate set: the held-out choice and its scores."""
-    rows = []
-    for tags, frame in scores.groupby(KEY):
-        for name, cands in candidate_sets(frame.drop(columns=KEY)).items():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                loo = held_out_choices(cands)
-            loo = loo.rename_axis("condition").reset_index()
-            rows.append(loo.assign(**dict(zip(KEY, tags, strict=True)), set=name))
-    return pd.concat(rows, ignore_index=True)
-
-
-def summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per task kind: mean E-distance and EMD per set, and each set minus ``measured``."""
-    wide = table.pivot_table(
-        index=["task", "seed", "fold", "condition"], columns="set", values=["e_distance", "emd"]
-    )
-    rows = []
-    for task, q in wide.groupby(level="task"):
-        row = {"task kind": task, "n": len(q)}
-        for metric, label in (("e_distance", "E"), ("emd", "EMD")):
-            for name in ("measured", "shrunk only", "both"):
-                row[f"{label} {name}"] = f"{q[(metric, name)].mean():.4f}"
-            for name in ("shrunk only", "both"):
-                d = q[(metric, name)] - q[(metric, "measured")]
-                se = d.std(ddof=1) / np.sqrt(len(d))
-                row[f"Δ {label} {name}"] = f"{d.mean():+.5f} ± {se:.5f}"
-            d = q[(metric, "both")] - q[(metric, "measured")]
-            seeds = d.groupby(level="seed").mean()
-            row[f"Δ {label} both per seed"] = " / ".join(f"{v:+.4f}" for v in seeds)
-        both = table[(table["task"] == task) & (table["set"] == "both")]
-        row["both chose a shrunk baseline"] = f"{both['baseline'].str.endswith(SHRUNK).mean():.0%}"
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("task kind")
+def chose_shrunk(choices: pd.DataFrame) -> pd.Series:
+    """Which held-out choices are a shrunk baseline."""
+    return choices["baseline"].str.endswith(SHRUNK)
 
 
 def main(argv: list[str] | None = None) -> int:
-    info = run_record(run._command(argv))
-    paths = sys.argv[1:] if argv is None else argv
-    scores = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
-    assert set(MEASURED) <= set(scores["baseline"]), "scores without the measured baselines"
-    print(f"Command: `{info['command']}`; commit {info['commit']}; {info['date']}")
-    print(f"Machine: {info['machine']}")
-    print(summary(compare(scores)).T.to_markdown())
-    return 0
+    def needs(scores: pd.DataFrame) -> str | None:
+        has = set(MEASURED) <= set(scores["baseline"])
+        return None if has else "scores without the measured baselines"
+
+    return report(argv, candidate_sets, "a shrunk baseline", chose_shrunk, needs)
 
 
 if __name__ == "__main__":

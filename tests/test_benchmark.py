@@ -253,7 +253,7 @@ def test_clear_margin_scores_each_margin_leave_one_condition_out():
 
 
 def test_input_blend_compares_candidate_sets_leave_one_condition_out():
-    inputs = _load("input_blend")
+    study, inputs = _load("candidate_sets"), _load("input_blend")
     # the input blend at w = 0.25 beats the default (MeanShift 0.5, scaled) on every condition
     # by far; at weights 0 and 1 it is worse than the default
     rows = []
@@ -264,13 +264,13 @@ def test_input_blend_compares_candidate_sets_leave_one_condition_out():
             rows.append((c, "transfer", "MeanShift", w, "input", e, 0.1 * e))
     columns = ["condition", "kind", "baseline", "weight", "blend", "e_distance", "emd"]
     scores = pd.DataFrame(rows, columns=columns).assign(task="t", fold=0, seed=0)
-    table = inputs.compare(scores).set_index(["set", "condition"])
+    table = study.compare(scores, inputs.candidate_sets).set_index(["set", "condition"])
     assert table.loc["without input", "blend"].tolist() == ["scaled"] * 5
     assert table.loc["input at 0 and 1", "weight"].tolist() == [0.5] * 5
     assert table.loc["with input", "blend"].tolist() == ["input"] * 5
     assert table.loc["with input", "weight"].tolist() == [0.25] * 5
-    summary = inputs.summary(table.reset_index())
+    summary = study.summary(table.reset_index(), "input", inputs.chose_input)
     assert summary.loc["t", "E with input"] == "1.0000"
     assert summary.loc["t", "Δ E input at 0 and 1"] == "+0.00000 ± 0.00000"
     assert summary.loc["t", "Δ E with input"].startswith("-1.00000 ± 0.0")
-    assert summary.loc["t", "with input chose it"] == "100%"
+    assert summary.loc["t", "with input chose input"] == "100%"

@@ -3,6 +3,7 @@ model's use of them (train runs the inner validation; predict blends and reports
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import numpy as np
@@ -345,20 +346,27 @@ def test_predict_blends_the_model_and_the_baseline(calibrated):
     assert np.isfinite(info["e_distance"]) and info["n_conditions"] >= 1
 
 
+@contextlib.contextmanager
+def _choosing(model, choice):
+    """The seen kind's calibration choice is ``choice`` inside the block."""
+    saved = copy.deepcopy(model.calibration_)
+    model.calibration_["choices"]["seen"] = list(choice)
+    try:
+        yield
+    finally:
+        model.calibration_ = saved
+
+
 def test_predict_blends_on_the_input_cells_where_chosen(calibrated):
     adata, model = calibrated
     ctrl, pert, X = _type_0_controls(adata)
-    saved = copy.deepcopy(model.calibration_)
+    # in batches: the condition's means are still taken over all of its cells
+    kw = {"seed": 0, "progress_bar": False, "batch_size": 7}
+    raw = model.predict(ctrl, pert, calibrate=False, **kw)
     out = {}
-    try:
-        # in batches: the condition's means are still taken over all of its cells
-        kw = {"seed": 0, "progress_bar": False, "batch_size": 7}
-        raw = model.predict(ctrl, pert, calibrate=False, **kw)
-        for weight in (0.0, 1.0):
-            model.calibration_["choices"]["seen"] = ["MeanShift", weight, "input"]
+    for weight in (0.0, 1.0):
+        with _choosing(model, ("MeanShift", weight, "input")):
             out[weight] = model.predict(ctrl, pert, **kw)
-    finally:
-        model.calibration_ = saved
     baseline = model.baselines_.predict("MeanShift", X, pert, np.full(ctrl.n_obs, "type_0"))
     for weight, pred in out.items():
         expected = blend(raw.X, baseline, weight, how="input", inputs=X)
@@ -371,18 +379,15 @@ def test_predict_blends_on_the_input_cells_where_chosen(calibrated):
 def test_a_shrunk_baseline_blends_with_shrunk_changes(calibrated):
     adata, model = calibrated
     ctrl, pert, X = _type_0_controls(adata)
-    saved = copy.deepcopy(model.calibration_)
+    raw = model.predict(ctrl, pert, seed=0, calibrate=False, progress_bar=False)
     out = {}
-    try:
-        raw = model.predict(ctrl, pert, seed=0, calibrate=False, progress_bar=False)
-        for name in ("MeanShift", "MeanShift (shrunk)"):
-            model.calibration_["choices"]["seen"] = [name, 0.5, "cells"]
+    for name in ("MeanShift", "MeanShift (shrunk)"):
+        with _choosing(model, (name, 0.5, "cells")):
             out[name] = model.predict(ctrl, pert, seed=0, progress_bar=False)
-        # the ablation without shrunk baselines predicts a shrunk choice with the measured one
-        with ablations.variant("measured baselines").applied(model):
-            unshrunk = model.predict(ctrl, pert, seed=0, progress_bar=False)
-    finally:
-        model.calibration_ = saved
+    # the ablation without shrunk baselines predicts a shrunk choice with the measured one
+    measured = ablations.variant("measured baselines").applied(model)
+    with _choosing(model, ("MeanShift (shrunk)", 0.5, "cells")), measured:
+        unshrunk = model.predict(ctrl, pert, seed=0, progress_bar=False)
     cts = np.full(ctrl.n_obs, "type_0")
     for name, pred in out.items():
         base = model.baselines_.predict(name, X, pert, cts)
