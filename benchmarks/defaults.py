@@ -39,7 +39,11 @@ import run
 import tasks
 from _machine import run_record
 
-from scdoloris.model._calibration import Calibration, is_candidate
+from scdoloris.model._calibration import BLENDS, CELL_BLEND, Calibration, is_candidate
+
+
+#: the inner metrics reported: column prefix -> score column
+METRICS = {"E": "e_distance", "EMD": "emd", "DE": "de_overlap"}
 
 
 def parse_setting(text: str) -> dict:
@@ -109,7 +113,7 @@ def study_fold(
             with variant.applied(inner):
                 scores = model._score_inner(inner, split, seed, **setting)
             predict_s = time.perf_counter() - start
-            calibration = Calibration.fit(scores)
+            calibration = fit(scores)
             if candidates is not None:
                 tags = {"task": fold.task, "fold": fold.index, "seed": seed}
                 tags.update(train=train_text, predict=predict_text)
@@ -117,8 +121,8 @@ def study_fold(
             loo = held_out_choices(scores)
             for cond, frame in scores.groupby("condition"):
                 kind = frame["kind"].iloc[0]
-                alone = frame[frame["weight"] == 1.0].iloc[0]
-                chosen = frame[is_candidate(frame, calibration.choice(kind))]
+                alone = frame[(frame["weight"] == 1.0) & (frame["blend"] == BLENDS[0])].iloc[0]
+                chosen = frame[is_candidate(frame, calibration.choice(kind))].iloc[0]
                 held = loo.loc[cond]
                 rows.append(
                     {
@@ -129,12 +133,9 @@ def study_fold(
                         "predict": predict_text,
                         "condition": cond,
                         "kind": kind,
-                        "E model": alone["e_distance"],
-                        "EMD model": alone["emd"],
-                        "E calibrated": chosen["e_distance"].iloc[0],
-                        "EMD calibrated": chosen["emd"].iloc[0],
-                        "E calibrated LOO": held["e_distance"],
-                        "EMD calibrated LOO": held["emd"],
+                        **{f"{m} model": alone[c] for m, c in METRICS.items()},
+                        **{f"{m} calibrated": chosen[c] for m, c in METRICS.items()},
+                        **{f"{m} calibrated LOO": held[c] for m, c in METRICS.items()},
                         "train s": train_s,
                         "predict s": predict_s,
                     }
@@ -143,18 +144,25 @@ def study_fold(
     return rows
 
 
+def fit(scores: pd.DataFrame) -> Calibration:
+    """The calibration of ``scores`` among the blends they score (an ablation's cell blend
+    alone when it is the only one)."""
+    blends = tuple(b for b in BLENDS if b in set(scores["blend"])) or (CELL_BLEND,)
+    return Calibration.fit(scores, blends)
+
+
 def held_out_choices(scores: pd.DataFrame) -> pd.DataFrame:
     """Per inner condition, the scores of the candidate that a calibration fitted on the OTHER
     inner conditions chooses for its kind (leave one condition out: the choice is not made on
     the condition it is scored on); indexed by condition, with the choice's ``baseline``,
-    ``weight``, ``blend``, ``e_distance`` and ``emd``."""
+    ``weight``, ``blend`` and its scores (``e_distance``, ``emd``, ``de_overlap``)."""
     rows = {}
     for cond, frame in scores.groupby("condition"):
-        rest = Calibration.fit(scores[scores["condition"] != cond])
+        rest = fit(scores[scores["condition"] != cond])
         choice = rest.choice(frame["kind"].iloc[0])
         held = frame[is_candidate(frame, choice)].iloc[0]
         rows[cond] = dict(zip(("baseline", "weight", "blend"), choice, strict=True))
-        rows[cond].update(e_distance=held["e_distance"], emd=held["emd"])
+        rows[cond].update({c: held[c] for c in METRICS.values() if c in held})
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
@@ -167,14 +175,8 @@ def model_default_steps() -> int:
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
     """Per setting: means over conditions (and seeds) per task kind and over all task kinds."""
-    cols = [
-        "E model",
-        "EMD model",
-        "E calibrated",
-        "EMD calibrated",
-        "E calibrated LOO",
-        "EMD calibrated LOO",
-    ]
+    cols = [f"{m} {what}" for what in ("model", "calibrated", "calibrated LOO") for m in METRICS]
+    cols = [c for c in cols if c in table]
     per_task = table.groupby(["train", "predict", "task"])[cols].mean()
     overall = per_task.groupby(["train", "predict"]).mean()  # each task kind weighs alike
     overall["task"] = "all (mean of task kinds)"

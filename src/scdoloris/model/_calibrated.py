@@ -16,6 +16,7 @@ import pandas as pd
 
 from .._perturbation import format_tokens
 from ._calibration import (
+    CELL_BLEND,
     SHRUNK,
     Calibration,
     ConditionKey,
@@ -132,14 +133,16 @@ class CalibrationMixin:
             for ct, (baseline, weight, how) in todo.items():
                 rows = np.flatnonzero(names == ct)
                 if len(rows):
-                    base = self.baselines_.predict(baseline, x[rows], plan["label"], names[rows])
+                    base = None  # only the cell-by-cell blend (an ablation) reads its cells
+                    if how == CELL_BLEND:
+                        base = self.baselines_.predict(baseline, x[rows], plan["label"], names[rows])
                     at = sl.start + rows
                     block[at] = blend(block[at], base, weight, scales.get(ct), how, x[rows])
 
     def _blend_scales(self, block, X, ct_names, label, todo, batch_size) -> dict:
         """Per cell type blended with ``"scaled"`` or ``"input"``,
         :func:`~._calibration.blend_scale` of the condition's means."""
-        todo = {ct: choice for ct, choice in todo.items() if choice[2] in ("scaled", "input")}
+        todo = {ct: choice for ct, choice in todo.items() if choice[2] != CELL_BLEND}
         if not todo:
             return {}
         sums = {ct: np.zeros((3, block.shape[1])) for ct in todo}  # model, baseline, input

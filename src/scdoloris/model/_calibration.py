@@ -74,17 +74,26 @@ DEFAULT_BASELINE = {
     "unseen token": "MeanShift",
 }
 PRIOR_WEIGHT = 0.5  # the equal-weight blend of the model and the baseline
-# how a blend combines the two predictions (see blend): the first is the default; "input" also
-# at weights 0 and 1 (the baseline's or the model's mean change on the input cells' shapes)
-BLENDS = ("scaled", "cells", "input")
+# the blends a kind may choose (see blend): the first is the default. Both keep a population of
+# cells: they scale cells that exist (the model's, the input's) and never fill a zero.
+BLENDS = ("scaled", "input")
+# the first version's cell-by-cell average (the ablation "cell blend"); at weight 0 it is the
+# baseline's own prediction, which the inner validation scores for reference (never chosen)
+CELL_BLEND = "cells"
 MIN_EVIDENCE = 3  # inner conditions needed to move away from it
 # standard errors by which a candidate must beat the default: about 60 candidates are tested
 # per kind, so a one-SE margin lets chance move a kind; two measured better on the inner
 # validation (benchmarks/README.md, "The choice rule's margin")
 CLEAR_SE = 2.0
+# ... and by which it may be worse than the default on any one metric: a candidate may not buy
+# one metric with another (benchmarks/README.md, "Cells that hold up downstream")
+NO_WORSE_SE = 1.0
+# the inner validation's metrics: name -> the loss it adds (lower is better); the top-20 DE
+# genes found (scdoloris.metrics.de_overlap) count as the share missed
+METRICS = ("e_distance", "emd", "de_overlap")
 # per gene, the factors by which the blend may scale the model's or input cells (blend_scale)
 SCALE_RANGE = (0.5, 2.0)
-MIN_MEAN = 1e-6  # a model mean below this counts as silent (no factor)
+MIN_MEAN = 1e-6  # a mean below this counts as silent (factor 1: it stays silent)
 
 
 class ConditionKey(NamedTuple):
@@ -211,65 +220,72 @@ def plan_validation(
 class Calibration:
     """The inner validation's scores and, per kind, the chosen baseline, model weight and blend.
 
-    ``scores`` has one row per inner condition and candidate (``baseline``, ``weight``,
-    ``blend``: :func:`blend` ``how``; weights 0 and 1, the baseline and the model alone, once)
-    with ``kind``, ``e_distance`` and ``emd``; ``choices`` maps every kind of :data:`KINDS` to
-    ``(baseline, weight, blend)``;
-    ``validated_on`` says whether a kind's choice rests on its own inner conditions (the kind)
-    or, for a kind without any, on all inner conditions but the seen ones (``"pooled"``).
+    ``scores`` has one row per inner condition and scored prediction: the candidates
+    (``baseline``, ``weight``, ``blend`` of :data:`BLENDS`: :func:`blend` ``how``) and, for
+    reference, each baseline's own prediction (blend :data:`CELL_BLEND` at weight 0), with
+    ``kind``, ``e_distance``, ``emd`` and ``de_overlap``; ``choices`` maps every kind of
+    :data:`KINDS` to ``(baseline, weight, blend)``; ``validated_on`` says whether a kind's choice
+    rests on its own inner conditions (the kind) or, for a kind without any, on all inner
+    conditions but the seen ones (``"pooled"``); ``blends`` are the blends it chose among.
     """
 
     scores: pd.DataFrame
-    choices: dict[str, tuple[str, float]] = field(default_factory=dict)
+    choices: dict[str, tuple[str, float, str]] = field(default_factory=dict)
     validated_on: dict[str, str] = field(default_factory=dict)
+    blends: tuple[str, ...] = BLENDS
 
     @classmethod
-    def fit(cls, scores: pd.DataFrame) -> Calibration:
+    def fit(cls, scores: pd.DataFrame, blends: tuple[str, ...] = BLENDS) -> Calibration:
         """Per kind, the equal-weight blend of the model and the kind's default baseline,
         unless the inner validation clearly prefers another candidate.
 
         The starting point is :data:`PRIOR_WEIGHT` (0.5) with the kind's baseline of
-        :data:`DEFAULT_BASELINE` and the first of :data:`BLENDS` (the model's cells scaled to the
-        blended means, :func:`blend`): averaging two predictors whose errors are partly independent
-        is a robust choice, and weights estimated from a few validation conditions are noisy
-        (the "forecast combination puzzle": estimated weights rarely beat equal ones). Another
-        candidate replaces it only when it is better on average by more than :data:`CLEAR_SE`
-        (two) standard errors over the kind's inner conditions (paired, at least
-        :data:`MIN_EVIDENCE` conditions; about 60 candidates are tested per kind, so a margin of
-        one standard error would let chance move many kinds);
-        of the candidates that are, the one with the lowest mean loss. (Testing only the lowest
-        mean would keep the default whenever that candidate is erratic, even when a steadier
-        one is clearly better.) The loss of a candidate on a condition is its
-        E-distance plus its EMD, each divided by its mean over the kind's candidates and
-        conditions (so the two weigh alike). A kind without inner conditions is decided on the
+        :data:`DEFAULT_BASELINE` and the first of ``blends`` (the model's cells scaled toward the
+        blended means, :func:`blend`): averaging two predictors whose errors are partly
+        independent is a robust choice, and weights estimated from a few validation conditions
+        are noisy (the "forecast combination puzzle": estimated weights rarely beat equal ones).
+        Another candidate replaces it only when
+
+        - its loss is lower on average by more than :data:`CLEAR_SE` (two) standard errors
+          over the kind's inner conditions (paired, at least :data:`MIN_EVIDENCE` conditions;
+          about 60 candidates are tested per kind, so one standard error would let chance move
+          many kinds), and
+        - it is worse than the default by no more than :data:`NO_WORSE_SE` (one) standard error
+          on each metric of :data:`METRICS` alone: no candidate wins by giving one away;
+
+        of the candidates that pass, the one with the lowest mean loss. The loss of a candidate
+        on a condition is the sum over the metrics (E-distance, EMD and the share of the real
+        top-20 DE genes missed), each divided by its mean over the kind's candidates and
+        conditions, so they weigh alike. A kind without inner conditions is decided on the
         pooled conditions of the other kinds (but the seen ones), among blends with its own
         default baseline.
 
         Examples
         --------
-        >>> rows = [(c, "transfer", "MeanShift", w, "scaled", e, 0.1) for c in "abcd"
+        >>> rows = [(c, "transfer", "MeanShift", w, "scaled", e, 0.1, 0.5) for c in "abcd"
         ...         for w, e in ((0.0, 1.0), (0.5, 0.8), (1.0, 0.4))]
         >>> scores = pd.DataFrame(rows, columns=["condition", "kind", "baseline", "weight",
-        ...                                      "blend", "e_distance", "emd"])
+        ...                                      "blend", "e_distance", "emd", "de_overlap"])
         >>> Calibration.fit(scores).choices["transfer"]  # the model is clearly better
         ('MeanShift', 1.0, 'scaled')
         >>> Calibration.fit(scores[scores["condition"] == "a"]).choices["transfer"]  # one only
         ('MeanShift', 0.5, 'scaled')
         """
         if "blend" not in scores:
-            scores = scores.assign(blend=BLENDS[0])
+            scores = scores.assign(blend=blends[0])
+        blends = tuple(blends)
+        candidates = scores[scores["blend"].isin(blends)]
         choices, validated = {}, {}
-        pooled = scores[scores["kind"] != "seen"]
-        pooled = pooled if len(pooled) else scores
+        pooled = candidates[candidates["kind"] != "seen"]
+        pooled = pooled if len(pooled) else candidates
         for kind in KINDS:
-            own = scores[scores["kind"] == kind]
+            own = candidates[candidates["kind"] == kind]
             if len(own):
-                choices[kind], validated[kind] = _choose(own, kind), kind
+                choices[kind], validated[kind] = _choose(own, kind, blends), kind
             elif len(pooled):
-                baseline = DEFAULT_BASELINE[kind]
-                restricted = pooled[pooled["baseline"] == baseline]
-                choices[kind], validated[kind] = _choose(restricted, kind), "pooled"
-        return cls(scores.reset_index(drop=True), choices, validated)
+                restricted = pooled[pooled["baseline"] == DEFAULT_BASELINE[kind]]
+                choices[kind], validated[kind] = _choose(restricted, kind, blends), "pooled"
+        return cls(scores.reset_index(drop=True), choices, validated, blends)
 
     def choice(self, kind: str) -> tuple[str, float, str]:
         """``(baseline, weight, blend)`` for a kind; the uncalibrated model,
@@ -287,7 +303,7 @@ class Calibration:
         and EMD over its conditions, with the same for no change, and how many conditions."""
         frame = self._frame(kind)
         mine = frame[is_candidate(frame, self.choice(kind))]
-        none = frame[is_candidate(frame, ("NoChange", 0.0, BLENDS[0]))]
+        none = frame[_reference(frame, "NoChange")]
         out = {
             "validated_on": self.validated_on.get(kind, "none"),
             "n_conditions": int(mine["condition"].nunique()),
@@ -315,6 +331,8 @@ class Calibration:
             for name, sel in _named_candidates(frame, self.choices[kind]).items():
                 row[f"E {name}"] = float(frame.loc[sel, "e_distance"].mean())
                 row[f"EMD {name}"] = float(frame.loc[sel, "emd"].mean())
+                if "de_overlap" in frame:
+                    row[f"DE {name}"] = float(frame.loc[sel, "de_overlap"].mean())
             rows.append(row)
         return pd.DataFrame(rows).set_index("kind") if rows else pd.DataFrame()
 
@@ -324,6 +342,7 @@ class Calibration:
             "scores": self.scores.to_dict(orient="list"),
             "choices": {k: [b, float(w), how] for k, (b, w, how) in self.choices.items()},
             "validated_on": dict(self.validated_on),
+            "blends": list(self.blends),
         }
 
     @classmethod
@@ -332,66 +351,97 @@ class Calibration:
         cell: its choices and scores get the blend ``"cells"``)."""
         scores = pd.DataFrame(data["scores"])
         if "blend" not in scores:
-            scores["blend"] = "cells"
+            scores["blend"] = CELL_BLEND
         choices = {
-            k: (str(c[0]), float(c[1]), str(c[2]) if len(c) > 2 else "cells")
+            k: (str(c[0]), float(c[1]), str(c[2]) if len(c) > 2 else CELL_BLEND)
             for k, c in data["choices"].items()
         }
-        return cls(scores, choices, dict(data.get("validated_on", {})))
+        blends = tuple(data.get("blends", sorted(set(scores["blend"]))))
+        return cls(scores, choices, dict(data.get("validated_on", {})), blends)
 
 
 def is_candidate(frame: pd.DataFrame, candidate: tuple[str, float, str]) -> pd.Series:
-    """Rows of ``frame`` scoring ``(baseline, weight, blend)`` (at weight 0 or 1, any blend but
-    ``"input"``: the baseline or the model alone)."""
+    """Rows of ``frame`` scoring ``(baseline, weight, blend)``."""
     baseline, weight, how = candidate
-    sel = (frame["baseline"] == baseline) & (frame["weight"] == weight)
-    if how == "input" or weight not in (0.0, 1.0):
-        return sel & (frame["blend"] == how)
-    return sel & (frame["blend"] != "input")
+    return (frame["baseline"] == baseline) & (frame["weight"] == weight) & (frame["blend"] == how)
+
+
+def _reference(frame: pd.DataFrame, baseline: str) -> pd.Series:
+    """Rows of ``frame`` scoring a baseline's own prediction: the cell blend at weight 0 (the
+    first blend at weight 0 in a calibration saved before the blends kept zeros, where weight
+    0 was the baseline itself)."""
+    at_zero = (frame["baseline"] == baseline) & (frame["weight"] == 0.0)
+    own = at_zero & (frame["blend"] == CELL_BLEND)
+    return own if own.any() else at_zero & (frame["blend"] == frame["blend"].iloc[0])
 
 
 def _named_candidates(frame: pd.DataFrame, choice: tuple[str, float, str]) -> dict[str, pd.Series]:
     # the model alone once (every baseline's weight-1 row is the same prediction)
-    alone = (frame["weight"] == 1.0) & (frame["blend"] != "input")
+    alone = (frame["weight"] == 1.0) & (frame["blend"] == BLENDS[0])
     first = frame.loc[alone, "baseline"].iloc[0] if alone.any() else None
     named = {"model": alone & (frame["baseline"] == first)}
     for name in BASELINES:
-        sel = is_candidate(frame, (name, 0.0, BLENDS[0]))
+        sel = _reference(frame, name)
         if sel.any():
             named[name] = sel
     named["calibrated"] = is_candidate(frame, choice)
     return named
 
 
-def _default_candidate(frame: pd.DataFrame, kind: str) -> tuple[str, float, str]:
+def _default_candidate(frame: pd.DataFrame, kind: str, blends: tuple[str, ...] = BLENDS):
     """The kind's starting point: its baseline at :data:`PRIOR_WEIGHT`, the first blend scored."""
-    blends = [b for b in BLENDS if b in set(frame["blend"])] or [BLENDS[0]]
-    return DEFAULT_BASELINE[kind], PRIOR_WEIGHT, blends[0]
+    scored = [b for b in blends if b in set(frame["blend"])] or [blends[0]]
+    return DEFAULT_BASELINE[kind], PRIOR_WEIGHT, scored[0]
 
 
-def _loss_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Conditions x candidates ``(baseline, weight, blend)``: E-distance plus EMD, each divided
-    by its mean over ``frame`` (candidates not scored on every condition dropped)."""
-    scale_e = max(float(frame["e_distance"].mean()), 1e-12)
-    scale_emd = max(float(frame["emd"].mean()), 1e-12)
-    loss = (frame["e_distance"] / scale_e + frame["emd"] / scale_emd).to_numpy()
+def _metric_losses(frame: pd.DataFrame) -> dict[str, pd.Series]:
+    """Per metric of :data:`METRICS` that ``frame`` has, the loss it adds per row (lower is
+    better): E-distance, EMD and the share of DE genes missed, each over its mean."""
+    losses = {}
+    for metric in METRICS:
+        if metric not in frame or frame[metric].isna().all():
+            continue
+        value = 1.0 - frame[metric] if metric == "de_overlap" else frame[metric]
+        losses[metric] = value / max(float(value.mean()), 1e-12)
+    return losses
+
+
+def _loss_table(frame: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
+    """Conditions x candidates ``(baseline, weight, blend)``: the summed loss of the metrics
+    (or one ``metric``'s), candidates not scored on every condition dropped."""
+    losses = _metric_losses(frame)
+    loss = losses[metric] if metric is not None else sum(losses.values(), 0.0 * frame["emd"])
     return (
-        frame.assign(loss=loss)
+        frame.assign(loss=loss.fillna(1.0))
         .pivot_table(index="condition", columns=["baseline", "weight", "blend"], values="loss")
         .dropna(axis=1)
     )
 
 
-def _choose(frame: pd.DataFrame, kind: str) -> tuple[str, float, str]:
+def _paired_gain(table: pd.DataFrame, default) -> tuple[np.ndarray, np.ndarray]:
+    """Per candidate column, the mean paired gain over ``default`` and its standard error."""
+    gain = table[[default]].to_numpy() - table.to_numpy()
+    return gain.mean(axis=0), gain.std(axis=0, ddof=1) / np.sqrt(len(table))
+
+
+def _choose(frame: pd.DataFrame, kind: str, blends: tuple[str, ...] = BLENDS):
     """The rule of :meth:`Calibration.fit` on one kind's scores."""
-    default, table = _default_candidate(frame, kind), _loss_table(frame)
+    default = _default_candidate(frame, kind, blends)
+    if frame.empty:
+        return default
+    table = _loss_table(frame)
     n = len(table)
     if default not in table.columns or n < MIN_EVIDENCE:
         return default
-    # paired gain over the default, per candidate: clear when above CLEAR_SE standard errors
-    # (a gain within rounding of zero never is, so near-ties stay with the default)
-    gain = table[[default]].to_numpy() - table.to_numpy()
-    clear = gain.mean(axis=0).round(9) > CLEAR_SE * gain.std(axis=0, ddof=1) / np.sqrt(n)
+    # clear: a paired gain above CLEAR_SE standard errors (a gain within rounding of zero
+    # never is, so near-ties stay with the default) ...
+    mean, se = _paired_gain(table, default)
+    clear = mean.round(9) > CLEAR_SE * se
+    # ... and no metric given away: on each, at most NO_WORSE_SE standard errors worse
+    for metric in _metric_losses(frame):
+        one = _loss_table(frame, metric).reindex(columns=table.columns)
+        m_mean, m_se = _paired_gain(one, default)
+        clear &= -m_mean.round(9) <= NO_WORSE_SE * m_se
     better = [bw for bw, ok in zip(table.columns, clear, strict=True) if ok]
     if not better:
         return default
@@ -417,91 +467,100 @@ def blend_scale(
     shape_mean: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per gene, the factor that brings the cells whose shape a blend keeps (the model's, or
-    ``shape_mean``'s: the input cells') to the blended mean (NaN: blend per cell).
+    ``shape_mean``'s: the input cells') toward the blended mean.
 
-    The blended mean of a gene is ``(1 - weight) * baseline_mean + weight * model_mean``, the
-    mean of the cell-by-cell blend. Where the factor lies in :data:`SCALE_RANGE` the cells are
-    multiplied by it (:func:`blend`); elsewhere (the cells are about silent in the gene, or the
-    two means differ more than two-fold) the factor is NaN.
+    The blended mean of a gene is ``(1 - weight) * baseline_mean + weight * model_mean``. The
+    factor is the blended mean over the shape's mean, held to :data:`SCALE_RANGE`: a gene whose
+    cells would need more than a two-fold change moves two-fold, and a gene the shape leaves
+    silent stays silent (factor 1). The cells are multiplied by it (:func:`blend`), so their
+    zeros stay zeros and no value is added to a cell that has none.
 
     Examples
     --------
     >>> blend_scale(np.array([1.0, 1.0, 0.0]), np.array([2.0, 9.0, 1.0]), 0.5)
-    array([1.5, nan, nan])
+    array([1.5, 2. , 1. ])
     >>> blend_scale(np.array([1.0, 1.0]), np.array([2.0, 9.0]), 0.5, shape_mean=np.array([2.0, 4.0]))
     array([0.75, 1.25])
     """
     model_mean = np.asarray(model_mean, dtype=np.float64)
     target = (1.0 - weight) * np.asarray(baseline_mean, dtype=np.float64) + weight * model_mean
     shape = model_mean if shape_mean is None else np.asarray(shape_mean, dtype=np.float64)
-    scale = np.full(shape.shape, np.nan)
+    scale = np.ones(shape.shape)
     expressed = shape > MIN_MEAN
     scale[expressed] = target[expressed] / shape[expressed]
-    low, high = SCALE_RANGE
-    scale[(scale < low) | (scale > high)] = np.nan
-    return scale
+    return np.clip(scale, *SCALE_RANGE)
 
 
 def blend(
     model: np.ndarray,
-    baseline: np.ndarray,
+    baseline: np.ndarray | None,
     weight: float,
     scale: np.ndarray | None = None,
     how: str = "scaled",
     inputs: np.ndarray | None = None,
+    baseline_mean: np.ndarray | None = None,
 ) -> np.ndarray:
-    """A condition's calibrated cells from the model's and the baseline's predictions of them.
+    """A condition's calibrated cells from the model's prediction and the baseline's.
 
-    Each gene gets the mean of the cell-by-cell blend ``(1 - weight) * baseline + weight *
-    model``. With ``how="scaled"``, where :func:`blend_scale` gives a factor, the model's cells
-    are scaled by it: they keep their zeros and their spread; ``weight >= 1`` returns
-    ``model``, ``weight <= 0`` returns ``baseline``. With ``how="input"`` the input cells
-    are scaled instead, at every weight (at 0: the baseline's mean change with the input's
-    zeros kept; at 1: the model's mean change on the input cells). Genes without a factor take
-    the cell-by-cell blend.
+    With ``how="scaled"`` (the method) the model's cells are multiplied, gene by gene, by
+    :func:`blend_scale`: each gene moves toward the blended mean ``(1 - weight) * baseline +
+    weight * model`` by at most two-fold, and keeps the model's zeros and spread (``weight >=
+    1`` returns ``model``). With ``how="input"`` the input cells are scaled instead (at weight
+    0: the baseline's mean change carried by the input cells, whose zeros stay zeros). Neither
+    writes a value into a cell the shape has at zero: a gene silent in every input cell stays
+    silent unless the model predicts it detected. ``how="cells"`` (the ablation ``"cell
+    blend"``, the first version) averages each cell with its baseline prediction, which fills
+    the zeros wherever the baseline moves them (a mean shift adds its change to every cell).
 
     Parameters
     ----------
     model, baseline
-        Predictions of the same input cells (rows), one condition and cell type.
+        Predictions of the same input cells (rows), one condition and cell type; ``baseline``
+        may be None with ``baseline_mean`` or ``scale`` (only ``"cells"`` reads its cells).
     weight
         The model's weight.
     scale
-        :func:`blend_scale` of the condition's means; None computes it from ``model``,
-        ``baseline`` (and ``inputs``), which must then hold all of the condition's cells of the
-        cell type.
+        :func:`blend_scale` of the condition's means; None computes it from the means of
+        ``model``, ``baseline`` (or ``baseline_mean``) and ``inputs``, which must then hold all
+        of the condition's cells of the cell type.
     how
-        ``"scaled"`` (the model's cells), ``"input"`` (the input cells) or ``"cells"``: every
-        gene takes the cell-by-cell blend.
+        ``"scaled"``, ``"input"`` or ``"cells"``.
     inputs
         The input cells (rows as ``model``); needed by ``how="input"``.
+    baseline_mean
+        The baseline's mean per gene, instead of ``baseline``.
 
     Examples
     --------
     >>> model = np.array([[2.0, 0.0], [0.0, 2.0]])
     >>> baseline = np.array([[3.0, 5.0], [3.0, 5.0]])
-    >>> blend(model, baseline, 0.5)  # mean 1 -> 2: scaled; gene 2's 1 -> 3 is over 2-fold
-    array([[4. , 2.5],
-           [0. , 3.5]])
-    >>> blend(model, baseline, 0.5, how="input", inputs=np.array([[1.0, 4.0], [1.0, 2.0]]))
-    array([[2., 4.],
-           [2., 2.]])
+    >>> blend(model, baseline, 0.5)  # means 1 -> 2 (x2); gene 2's 1 -> 3 is held to x2
+    array([[4., 0.],
+           [0., 4.]])
+    >>> blend(model, baseline, 0.5, how="input", inputs=np.array([[1.0, 4.0], [1.0, 0.0]]))
+    array([[2., 6.],
+           [2., 0.]])
+    >>> blend(model, baseline, 0.5, how="cells")  # the ablation: zeros filled
+    array([[2.5, 2.5],
+           [1.5, 3.5]])
     """
-    if how == "input":
-        if inputs is None:
-            raise ValueError('blend(how="input") needs the input cells: pass inputs=...')
-    elif weight >= 1.0:
-        return model
-    elif weight <= 0.0:
-        return baseline
-    out = (1.0 - weight) * baseline + weight * model
+    if how not in (*BLENDS, CELL_BLEND):
+        raise ValueError(f"Unknown blend {how!r}; the blends are {(*BLENDS, CELL_BLEND)}.")
     if how == "cells":
-        return out
+        if weight >= 1.0:
+            return model
+        if baseline is None:
+            raise ValueError('blend(how="cells") needs the baseline\'s cells: pass baseline=...')
+        return baseline if weight <= 0.0 else (1.0 - weight) * baseline + weight * model
+    if how == "input" and inputs is None:
+        raise ValueError('blend(how="input") needs the input cells: pass inputs=...')
+    if how == "scaled" and weight >= 1.0:
+        return model
     shape = inputs if how == "input" else model
     if scale is None:
-        scale = blend_scale(
-            model.mean(axis=0), baseline.mean(axis=0), weight, shape_mean=shape.mean(axis=0)
-        )
-    scaled = np.isfinite(scale)
-    out[:, scaled] = shape[:, scaled] * scale[scaled].astype(out.dtype)
-    return out
+        if baseline_mean is None:
+            if baseline is None:
+                raise ValueError("blend needs the baseline: pass baseline=, baseline_mean= or scale=")
+            baseline_mean = baseline.mean(axis=0)
+        scale = blend_scale(model.mean(axis=0), baseline_mean, weight, shape.mean(axis=0))
+    return shape * np.asarray(scale, dtype=shape.dtype)

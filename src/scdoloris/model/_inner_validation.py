@@ -15,10 +15,12 @@ from scipy import sparse
 from .._constants import REGISTRY_KEYS
 from .._perturbation import format_tokens
 from ..baselines import Additive, MeanShift
+from .._downstream import de_overlap, top_de_by_wilcoxon
 from ..metrics import e_distance, emd
 from ._calibration import (
     BASELINES,
     BLENDS,
+    CELL_BLEND,
     MEASURED,
     SHRUNK,
     WEIGHTS,
@@ -33,6 +35,7 @@ logger = logging.getLogger(__name__)
 MAX_CELLS = 300  # cells per condition (inputs and real cells) scored by the inner validation
 MAX_TRAIN_CELLS = 1000  # cells per condition in the inner model's training data
 SEEN_FRACTION = 0.5  # of a "seen" validation condition's cells, held out
+DE_GENES = 20  # the top DE genes whose overlap the inner validation scores
 # a label delimiter that never occurs: the dose-aware baselines treat each condition as a whole
 _WHOLE = "\x00"
 
@@ -211,7 +214,7 @@ class InnerValidationMixin:
         )
         inner = self._train_inner_model(split, train_kwargs)
         scores = self._score_inner(inner, split, seed)
-        return None if scores.empty else Calibration.fit(scores)
+        return None if scores.empty else Calibration.fit(scores, self._candidate_blends(inner))
 
     def _inner_split(self, seed: int) -> InnerSplit | None:
         """The inner validation's data: the inner model's training cells and, per held-out
@@ -274,12 +277,11 @@ class InnerValidationMixin:
         return inner
 
     def _score_inner(self, inner, split: InnerSplit, seed: int, **predict_kwargs) -> pd.DataFrame:
-        """E-distance and EMD of every candidate (baseline x model weight) on every condition."""
+        """E-distance, EMD and top-20 DE overlap of every candidate (baseline x model weight x
+        blend) and, for reference, of each baseline's own prediction, on every condition."""
         shifts = self._fit_baselines(split.adata)
         has_types = "cell_type" in split.adata.obs
-        # the blends scored: both, or an ablation's one (inside ablations.Variant.applied)
-        how = inner._switches().blend
-        blends = BLENDS if how == "calibrated" else (how,)
+        blends = self._candidate_blends(inner)
         # the baselines scored: measured and shrunk changes, or measured only (an ablation of
         # this model, or of the inner model in benchmarks/defaults.py)
         measured = "measured" in (self._switches().baselines, inner._switches().baselines)
@@ -301,41 +303,63 @@ class InnerValidationMixin:
                 ).X
             X = _dense(cond.controls.X)
             cts = np.full(X.shape[0], cond.cell_type)
-            model_scores = (e_distance(P, cond.real), emd(P, cond.real))
+            score = _Scorer(cond.real, X)
+            # the model alone (weight 1) is the same prediction for every baseline: scored once
+            alone = {}
             for baseline in baselines:
                 B = shifts.predict(baseline, X, cond.label, cts)
-                # the model alone (weight 1) once per measured baseline, as before shrunk ones
+                scored = [(0.0, CELL_BLEND, B)]  # the baseline's own prediction, for reference
                 for w in WEIGHTS if baseline in MEASURED else WEIGHTS[:-1]:
-                    for mode in _blends_at(w, baseline, blends):
-                        e, m = (
-                            model_scores
-                            if w >= 1 and mode != "input"
-                            else _scores(blend(P, B, w, how=mode, inputs=X), cond.real)
-                        )
-                        rows.append(
-                            {
-                                "condition": f"{cond.label} | {cond.cell_type}",
-                                "kind": cond.kind,
-                                "baseline": baseline,
-                                "weight": w,
-                                "blend": mode,
-                                "e_distance": e,
-                                "emd": m,
-                            }
-                        )
+                    for how in blends:
+                        if w >= 1 and how in alone:
+                            scored.append((w, how, None))
+                            continue
+                        Q = blend(P, B, w, how=how, inputs=X)
+                        scored.append((w, how, Q))
+                for w, how, Q in scored:
+                    if Q is None:
+                        values = alone[how]
+                    else:
+                        values = score(Q)
+                        if w >= 1:
+                            alone[how] = values
+                    rows.append(
+                        {
+                            "condition": f"{cond.label} | {cond.cell_type}",
+                            "kind": cond.kind,
+                            "baseline": baseline,
+                            "weight": w,
+                            "blend": how,
+                            **values,
+                        }
+                    )
         return pd.DataFrame(rows)
 
+    def _candidate_blends(self, inner=None) -> tuple[str, ...]:
+        """The blends the calibration chooses among: :data:`BLENDS`, or an ablation's one
+        (inside :meth:`scdoloris.ablations.Variant.applied`, of this model or the inner one)."""
+        for model in (inner, self):
+            how = None if model is None else model._switches().blend
+            if how not in (None, "calibrated"):
+                return (how,)
+        return BLENDS
 
-def _blends_at(weight: float, baseline: str, blends: tuple[str, ...]) -> list[str]:
-    """The blends scored at ``weight``: at 0 and 1 (the baseline, the model) every blend but
-    ``"input"`` is the same prediction, scored once; ``"input"`` with no change at weight 0 is
-    the input cells, no change itself."""
-    if 0 < weight < 1:
-        return list(blends)
-    same = [b for b in blends if b != "input"][:1]
-    if "input" in blends and not (weight <= 0 and baseline == "NoChange"):
-        return [*same, "input"]
-    return same
+
+class _Scorer:
+    """The inner validation's metrics of predictions of one condition against its real cells:
+    E-distance, EMD and the share of the real top-20 DE genes (Wilcoxon against the input
+    cells) that the prediction's own top 20 find."""
+
+    def __init__(self, real: np.ndarray, inputs: np.ndarray):
+        self.real, self.inputs = real, inputs
+        self.real_top = top_de_by_wilcoxon(real, inputs, DE_GENES)
+
+    def __call__(self, Q: np.ndarray) -> dict[str, float]:
+        return {
+            "e_distance": e_distance(Q, self.real),
+            "emd": emd(Q, self.real),
+            "de_overlap": de_overlap(Q, None, self.inputs, real_top=self.real_top),
+        }
 
 
 def _cap_rows(rows: np.ndarray, ids: np.ndarray, max_cells: int, rng) -> np.ndarray:
@@ -348,10 +372,6 @@ def _cap_rows(rows: np.ndarray, ids: np.ndarray, max_cells: int, rng) -> np.ndar
             mine = rng.choice(mine, max_cells, replace=False)
         out.append(mine)
     return np.sort(np.concatenate(out))
-
-
-def _scores(Y: np.ndarray, R: np.ndarray) -> tuple[float, float]:
-    return e_distance(Y, R), emd(Y, R)
 
 
 def _dense(X) -> np.ndarray:
