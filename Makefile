@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.docs-installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: venv test lint demo bench bench-tiny perf perf-quick contention docs tutorials clean
+.PHONY: venv test lint demo bench bench-tiny perf perf-quick contention docs tutorials clean \
+	cell-eval-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -68,5 +69,25 @@ NOTEBOOKS ?=
 tutorials: $(DOCS_STAMP)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) tutorials/run.py --timeout 600 $(NOTEBOOKS)
 
+# cell-eval (Arc Institute's Virtual Cell Challenge evaluator) in a venv of its own, never
+# a dependency of the package: benchmarks/cell_eval_runner.py runs under it (see its docstring).
+# Pins what decides the numbers (the DE engine pdex, its Mann-Whitney kernels, polars); no torch.
+# About a minute and 1.2 GB; ends with the runner's self-check (about 15 s, one thread).
+CELLEVAL_VENV ?= .venv-cell-eval
+CELLEVAL_PY := $(CELLEVAL_VENV)/bin/python
+CELLEVAL_VERSION := 0.8.2
+CELLEVAL_PINS := cell-eval==$(CELLEVAL_VERSION) pdex==0.3.0 numba-mwu==0.2.0 polars==2.2.0
+CELLEVAL_STAMP := $(CELLEVAL_VENV)/.installed-$(CELLEVAL_VERSION)
+
+$(CELLEVAL_STAMP):
+	test -x $(CELLEVAL_PY) || $(PYTHON) -m venv $(CELLEVAL_VENV)
+	$(CELLEVAL_PY) -m pip install -q --upgrade pip
+	$(CELLEVAL_PY) -m pip install -q -c constraints.txt $(CELLEVAL_PINS)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1 \
+		$(CELLEVAL_PY) benchmarks/cell_eval_runner.py --self-check --threads 1
+	touch $(CELLEVAL_STAMP)
+
+cell-eval-venv: $(CELLEVAL_STAMP)
+
 clean:
-	rm -rf $(VENV) .pytest_cache build dist
+	rm -rf $(VENV) $(CELLEVAL_VENV) .pytest_cache build dist
