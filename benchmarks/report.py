@@ -24,6 +24,18 @@ METRICS = (  # (column, header, lower is better)
     ("pearson_delta", "Pearson delta", False),
     ("rank", "rank", True),
 )
+# what users do next with the cells: DE against the controls and which genes cells express
+# (column, header, lower is better; None: closer to 1 is better); ce_: cell-eval's
+DOWNSTREAM = (
+    ("de_overlap_20", "DE20 found", False),
+    ("detection_error", "detection error", True),
+    ("expressed_genes_ratio", "genes/cell ratio", None),
+    ("constant_genes", "constant genes", True),
+    ("ce_overlap_at_N", "cell-eval overlap@N", False),
+    ("ce_de_direction_match", "cell-eval direction", False),
+    ("ce_de_spearman_lfc_sig", "cell-eval LFC Spearman", False),
+    ("ce_discrimination_score_l1", "cell-eval discrimination", False),
+)
 N_BOOT = 2000
 ORDER = (DOLORIS, UNCALIBRATED)
 
@@ -50,13 +62,14 @@ def bootstrap_ci(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
     return float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
-def best_baseline(table: pd.DataFrame, metric: str) -> str | None:
-    """The baseline with the lowest mean of ``metric`` over conditions (seed-averaged)."""
+def best_baseline(table: pd.DataFrame, metric: str, lower: bool = True) -> str | None:
+    """The baseline with the best mean of ``metric`` over conditions (seed-averaged)."""
     cm = condition_means(table, metric)
-    present = [b for b in BASELINES if b in cm]
+    present = [b for b in BASELINES if b in cm and cm[b].notna().any()]
     if not present:
         return None
-    return min(present, key=lambda b: cm[b].mean())
+    sign = 1.0 if lower else -1.0
+    return min(present, key=lambda b: sign * cm[b].mean())
 
 
 def summary(table: pd.DataFrame) -> pd.DataFrame:
@@ -113,20 +126,28 @@ def markdown_table(s: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def comparison(table: pd.DataFrame, method: str, metric: str) -> dict | None:
-    """``method`` against the best baseline of ``metric``: means, the mean difference with its
-    bootstrap interval over conditions, the seed-to-seed sd of the method's mean, and the
-    per-condition win rate against every baseline (lower is better)."""
+def comparison(
+    table: pd.DataFrame,
+    method: str,
+    metric: str,
+    lower: bool = True,
+    against: str | None = None,
+) -> dict | None:
+    """``method`` against the best baseline of ``metric`` (or the method ``against``): means,
+    the mean difference with its bootstrap interval over conditions, the seed-to-seed sd of
+    the method's mean, and the per-condition win rate against every baseline."""
     cm = condition_means(table, metric)
-    best = best_baseline(table, metric)
-    if best is None or method not in cm:
+    best = against if against is not None else best_baseline(table, metric, lower)
+    if best is None or method not in cm or best not in cm or cm[method].isna().all():
         return None
     diff = (cm[method] - cm[best]).to_numpy()
     sm = seed_means(table[table["method"] == method], metric)[method]
-    wins = {b: float((cm[method] < cm[b]).mean()) for b in BASELINES if b in cm}
+    better = (lambda a, b: a < b) if lower else (lambda a, b: a > b)
+    wins = {b: float(better(cm[method], cm[b]).mean()) for b in BASELINES if b in cm}
     return {
         "method": method,
         "metric": metric,
+        "lower": lower,
         "value": float(cm[method].mean()),
         "best": best,
         "best_value": float(cm[best].mean()),
@@ -140,6 +161,8 @@ def comparison(table: pd.DataFrame, method: str, metric: str) -> dict | None:
 def verdict(c: dict) -> str:
     """ "better" (by more than the seed sd), "not worse" (within it or better by less), "worse"."""
     margin = c["best_value"] - c["value"]
+    if not c.get("lower", True):
+        margin = -margin
     sd = c["seed_sd"] if np.isfinite(c["seed_sd"]) else 0.0
     if margin > sd:
         return "better"
@@ -148,11 +171,45 @@ def verdict(c: dict) -> str:
     return "worse"
 
 
+def within_noise(c: dict) -> str:
+    """Against a method rather than the baselines: "no worse" unless worse by more than the
+    seed sd (the issue's "no worse than the model alone, beyond the seed sd")."""
+    worse = c["value"] - c["best_value"] if c.get("lower", True) else c["best_value"] - c["value"]
+    sd = c["seed_sd"] if np.isfinite(c["seed_sd"]) else 0.0
+    return "worse" if worse > sd else "no worse"
+
+
+def downstream_table(table: pd.DataFrame) -> str:
+    """Per method, the downstream metrics: mean ± seed sd (median over conditions)."""
+    present = [(c, h, lo) for c, h, lo in DOWNSTREAM if c in table and table[c].notna().any()]
+    if not present:
+        return ""
+    heads = ["method"] + [h for _, h, _ in present]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for m in sorted(table["method"].unique(), key=_method_order):
+        sub = table[table["method"] == m]
+        cells = [m]
+        for col, _, _ in present:
+            cm = condition_means(sub, col)[m]
+            sm = seed_means(sub, col)[m]
+            sd = float(sm.std(ddof=1)) if len(sm) > 1 else float("nan")
+            sd_text = f" ± {_fmt(sd)}" if np.isfinite(sd) else ""
+            cells.append(f"{_fmt(float(cm.mean()))}{sd_text} ({_fmt(float(cm.median()))})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def comparison_lines(table: pd.DataFrame) -> list[str]:
     lines = []
     for method in (DOLORIS, UNCALIBRATED):
-        for col, head in (("e_distance", "E"), ("emd", "EMD")):
-            c = comparison(table, method, col)
+        for col, head, lower in (
+            ("e_distance", "E", True),
+            ("emd", "EMD", True),
+            ("de_overlap_20", "DE20 found", False),
+        ):
+            if col not in table:
+                continue
+            c = comparison(table, method, col, lower)
             if c is None:
                 continue
             digits = 4 if col == "emd" else 3
@@ -162,6 +219,16 @@ def comparison_lines(table: pd.DataFrame) -> list[str]:
                 f"{_fmt(c['best_value'], digits)}: difference {c['diff']:+.{digits}f} "
                 f"[{_fmt(c['diff_ci'][0], digits)}, {_fmt(c['diff_ci'][1], digits)}], seed sd "
                 f"{_fmt(c['seed_sd'], digits)}: **{verdict(c)}**; conditions won: {wins}."
+            )
+    for col, head, lower in (("emd", "EMD", True), ("de_overlap_20", "DE20 found", False)):
+        c = comparison(table, DOLORIS, col, lower, against=UNCALIBRATED) if col in table else None
+        if c is not None:
+            digits = 4 if col == "emd" else 3
+            lines.append(
+                f"- Doloris against the model alone, {head}: {_fmt(c['value'], digits)} vs "
+                f"{_fmt(c['best_value'], digits)}: difference {c['diff']:+.{digits}f} "
+                f"[{_fmt(c['diff_ci'][0], digits)}, {_fmt(c['diff_ci'][1], digits)}], seed sd "
+                f"{_fmt(c['seed_sd'], digits)}: **{within_noise(c)}**."
             )
     return lines
 
@@ -173,12 +240,18 @@ def calibration_lines(record: dict) -> list[str]:
     frame = pd.DataFrame(choices).drop(columns=["task"])
     kinds = [c for c in frame.columns if c not in ("fold", "seed")]
     lines = [
-        "Calibration chosen by each fold's inner validation (baseline, model weight, blend):",
+        "Calibration chosen by each fold's inner validation (baseline, model weight, blend), "
+        "per training seed:",
         "",
     ]
     for kind in kinds:
-        counts = frame[kind].dropna().value_counts()
-        lines.append(f"- {kind}: " + ", ".join(f"{k} ({n}x)" for k, n in counts.items()))
+        per_seed = []
+        for seed, sub in frame.groupby("seed"):
+            counts = sub[kind].dropna().value_counts()
+            per_seed.append(
+                f"seed {seed}: " + ", ".join(f"{k} ({n}x)" for k, n in counts.items())
+            )
+        lines.append(f"- {kind}: " + "; ".join(per_seed))
     return lines
 
 
@@ -198,6 +271,9 @@ def task_section(name: str, table: pd.DataFrame, record: dict) -> str:
             else ("input: held-out controls (second view)")
         )
         out += ["", f"### {title}", "", markdown_table(summary(sub)), ""]
+        down = downstream_table(sub)
+        if down:
+            out += ["Downstream (DE against the input cells, genes per cell):", "", down, ""]
         out += comparison_lines(sub)
     out += [""] + calibration_lines(record)
     return "\n".join(out)
@@ -207,29 +283,34 @@ def overview(results: dict[str, pd.DataFrame]) -> list[str]:
     """The first table of RESULTS.md: per task kind (main view), Doloris vs the best baseline."""
     lines = [
         "| task kind | Doloris E | uncalibrated E | best baseline E | Doloris EMD | "
-        "uncalibrated EMD | best baseline EMD | verdict E | verdict EMD |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "uncalibrated EMD | best baseline EMD | Doloris DE20 found | uncalibrated DE20 | "
+        "best baseline DE20 | verdict E | verdict EMD | verdict DE20 | EMD vs model alone | "
+        "DE20 vs model alone |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, table in results.items():
         sub = table[table["view"] == "train"]
         cells = [name]
-        verdicts = []
-        for col in ("e_distance", "emd"):
-            c = comparison(sub, DOLORIS, col)
-            u = comparison(sub, UNCALIBRATED, col)
+        verdicts, against = [], []
+        for col, lower in (("e_distance", True), ("emd", True), ("de_overlap_20", False)):
+            c = comparison(sub, DOLORIS, col, lower) if col in sub else None
+            u = comparison(sub, UNCALIBRATED, col, lower) if col in sub else None
             d = 4 if col == "emd" else 3
             if c is None:
                 cells += ["n/a"] * 3
                 verdicts.append("n/a")
-                continue
-            sd = f" ± {_fmt(c['seed_sd'], d)}" if np.isfinite(c["seed_sd"]) else ""
-            cells += [
-                f"{_fmt(c['value'], d)}{sd}",
-                _fmt(u["value"], d) if u else "n/a",
-                f"{_fmt(c['best_value'], d)} ({c['best']})",
-            ]
-            verdicts.append(verdict(c))
-        lines.append("| " + " | ".join(cells[:1] + cells[1:4:1] + cells[4:] + verdicts) + " |")
+            else:
+                sd = f" ± {_fmt(c['seed_sd'], d)}" if np.isfinite(c["seed_sd"]) else ""
+                cells += [
+                    f"{_fmt(c['value'], d)}{sd}",
+                    _fmt(u["value"], d) if u else "n/a",
+                    f"{_fmt(c['best_value'], d)} ({c['best']})",
+                ]
+                verdicts.append(verdict(c))
+            if col != "e_distance":
+                a = comparison(sub, DOLORIS, col, lower, against=UNCALIBRATED) if c else None
+                against.append(within_noise(a) if a else "n/a")
+        lines.append("| " + " | ".join(cells + verdicts + against) + " |")
     return lines
 
 
@@ -263,8 +344,12 @@ def build(out_dir: Path, info: dict) -> str:
         "mean over conditions, [95% bootstrap interval over conditions] (median over "
         "conditions). Lower is better except Pearson delta. `rank`: fraction of the task "
         "kind's other conditions whose real mean is closer to the prediction's mean than its "
-        "own (0 best, 0.5 chance). Verdicts: Doloris against the best of NoChange, MeanShift "
-        'and Additive on that metric; "better" means by more than the seed-to-seed sd.',
+        "own (0 best, 0.5 chance). DE20 found: the share of the real top-20 DE genes "
+        "(Wilcoxon against the input cells, as `sc.tl.rank_genes_groups` ranks them) among "
+        "the prediction's top 20 (higher is better). Verdicts: Doloris against the best of "
+        "NoChange, MeanShift and Additive on that metric; \"better\" means by more than the "
+        "seed-to-seed sd; against the model alone, \"no worse\" means not worse by more than "
+        "the seed sd.",
         "",
         *overview(results),
         "",

@@ -19,6 +19,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cell_eval_scores
 import numpy as np
 import pandas as pd
 import report
@@ -83,6 +84,7 @@ class Config:
     max_cells: int = tasks.MAX_CELLS
     jobs: int = 1
     command: str = ""
+    cell_eval: bool = False
 
 
 def _dense(X) -> np.ndarray:
@@ -180,17 +182,25 @@ def predict_baseline(model, name: str, fold: tasks.Fold, cond: tasks.Condition, 
 
 # ---------------------------------------------------------------------------------- scoring
 def score(P: np.ndarray, R: np.ndarray, C: np.ndarray, de: np.ndarray) -> dict:
-    """E-distance, EMD and RMSE on all genes, E-distance on the top-20 DE genes, Pearson delta."""
-    from scdoloris.metrics import e_distance, emd, pearson_delta, rmse
+    """E-distance, EMD and RMSE on all genes, E-distance on the top-20 DE genes, Pearson delta;
+    and what users do next with the cells: the share of the real top-20 DE genes (Wilcoxon
+    against the input cells ``C``, as ``sc.tl.rank_genes_groups`` ranks them) that the
+    prediction's top 20 find, the per-gene detection-rate error, the expressed genes per cell
+    over the real cells' (medians) and the genes with one non-zero value in every cell."""
+    from scdoloris import metrics
 
     out = {
-        "e_distance": e_distance(P, R),
-        "emd": emd(P, R),
-        "rmse": rmse(P, R),
-        "e_distance_DE20": e_distance(P[:, de], R[:, de]),
+        "e_distance": metrics.e_distance(P, R),
+        "emd": metrics.emd(P, R),
+        "rmse": metrics.rmse(P, R),
+        "e_distance_DE20": metrics.e_distance(P[:, de], R[:, de]),
     }
     delta = P.mean(0) - C.mean(0)
-    out["pearson_delta"] = pearson_delta(P, R, C) if np.abs(delta).max() > 1e-8 else np.nan
+    out["pearson_delta"] = metrics.pearson_delta(P, R, C) if np.abs(delta).max() > 1e-8 else np.nan
+    out["de_overlap_20"] = metrics.de_overlap(P, R, C, 20)
+    out["detection_error"] = metrics.detection_error(P, R)
+    out["expressed_genes_ratio"] = metrics.expressed_genes_ratio(P, R)
+    out["constant_genes"] = int(metrics.constant_genes(P).size)
     return out
 
 
@@ -226,13 +236,20 @@ def run_job(name: str, index: int, seed: int | None, config: Config) -> dict:
     conds = fold.conditions
     reals = {c.name: _dense(fold.real[c.name].X) for c in conds}
     inputs = {(v, c.name): _dense(fold.input_cells(c, v).X) for v in config.views for c in conds}
-    out = {"rows": [], "means": {}, "calibration": None}
+    out = {"rows": [], "means": {}, "calibration": None, "cells": {}, "genes": None}
     out["real_means"] = {c: R.mean(0) for c, R in reals.items()}
+    if config.cell_eval:  # the main view's cells, for cell-eval (cell_eval_scores.py)
+        out["genes"] = list(fold.train.var_names)
+        out["reals"] = reals
+        out["contexts"] = {c.name: c.context for c in conds}
+        out["controls"] = {c.context: inputs[(cell_eval_scores.VIEW, c.name)] for c in conds}
     methods = set(config.methods)
 
     def record(method, cond, view, P, train_s=0.0, predict_s=0.0, real=None):
         R = reals[cond.name] if real is None else real
         C = inputs[(view, cond.name)]
+        if config.cell_eval and view == cell_eval_scores.VIEW:
+            out["cells"][(method, seed, cond.name)] = (P, real)
         out["rows"].append(
             {
                 "task": name,
@@ -339,6 +356,8 @@ def run_task(name: str, config: Config) -> pd.DataFrame:
         if r["calibration"] is not None:
             calibrations.append(r["calibration"])
     table = pd.DataFrame(rows)
+    if config.cell_eval:
+        table = cell_eval_scores.add_scores(table, results, name, config.threads or 1)
     ranks = {key: rank_metric(m, real_means) for key, m in means.items()}
     table["rank"] = [
         ranks[(r.view, r.method, None if pd.isna(r.seed) else r.seed)].get(r.condition, np.nan)
@@ -374,6 +393,13 @@ def parse_args(argv: list[str] | None = None) -> Config:
         "--jobs", type=int, default=1, help="processes running (fold, seed) jobs in parallel"
     )
     parser.add_argument("--tiny", action="store_true", help="seconds-long smoke configuration")
+    parser.add_argument(
+        "--cell-eval",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="score the main view with cell-eval (its venv: make cell-eval-venv); auto: when "
+        "that venv exists and the run is not --tiny",
+    )
     parser.add_argument("--out", default=None, help="output directory (default benchmarks/)")
     args = parser.parse_args(argv)
     names = args.tasks.split(",") if args.tasks else list(TINY_TASKS if args.tiny else tasks.TASKS)
@@ -404,6 +430,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         max_cells=TINY_CELLS if args.tiny else tasks.MAX_CELLS,
         jobs=args.jobs,
         command=_command(argv),
+        cell_eval=cell_eval_scores.wanted(args.cell_eval, args.tiny),
     )
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from scdoloris import ablations
-from scdoloris.metrics import e_distance
+from scdoloris.metrics import constant_genes, e_distance
 from scdoloris.model._calibration import (
     BLENDS,
     DEFAULT_BASELINE,
@@ -127,23 +127,46 @@ def test_fit_keeps_the_equal_blend_unless_the_evidence_is_clear():
     assert summary.loc["transfer", "E NoChange"] == pytest.approx(2.0)
 
 
-def test_fit_chooses_the_cell_by_cell_blend_on_clear_evidence():
+def test_the_cell_by_cell_blend_is_chosen_only_by_its_ablation():
     rows = []
     for c in "abcd":
         for w, how, e in ((0.0, "scaled", 2.0), (0.5, "scaled", 1.5), (0.5, "cells", 1.0)):
             rows.append((c, "transfer", "MeanShift", w, how, e, 0.1))
         rows.append((c, "transfer", "MeanShift", 1.0, "scaled", 2.0, 0.1))
+        rows.append((c, "transfer", "MeanShift", 1.0, "cells", 2.0, 0.1))
     columns = ["condition", "kind", "baseline", "weight", "blend", "e_distance", "emd"]
-    cal = Calibration.fit(pd.DataFrame(rows, columns=columns))
+    scores = pd.DataFrame(rows, columns=columns)
+    # it fills the zeros a mean shift moves: never a candidate of the method ...
+    assert Calibration.fit(scores).choice("transfer") == ("MeanShift", 0.5, "scaled")
+    # ... only of the ablation "cell blend", which chooses among cell-by-cell blends
+    cal = Calibration.fit(scores, blends=("cells",))
     assert cal.choice("transfer") == ("MeanShift", 0.5, "cells")
     assert cal.expected_error("transfer")["e_distance"] == pytest.approx(1.0)
     assert cal.summary().loc["transfer", "E calibrated"] == pytest.approx(1.0)
+    assert Calibration.from_dict(cal.to_dict()).blends == ("cells",)
     # a calibration saved before the blend could be chosen was cell by cell
     old = {
         "scores": {c: [] for c in columns if c != "blend"},
         "choices": {"transfer": ["MeanShift", 0.5]},
     }
     assert Calibration.from_dict(old).choice("transfer") == ("MeanShift", 0.5, "cells")
+
+
+def test_a_candidate_may_not_buy_one_metric_with_another():
+    # the model alone: far better E-distance on every condition, clearly worse DE genes found
+    columns = ["condition", "kind", "baseline", "weight", "blend", "e_distance", "emd"]
+    rows = []
+    for i, c in enumerate("abcde"):
+        for w, e, de in ((0.0, 2.0, 0.5), (0.5, 1.5, 0.5), (1.0, 0.5, 0.3 - 0.01 * i)):
+            rows.append((c, "transfer", "MeanShift", w, "scaled", e, 0.1, de))
+    scores = pd.DataFrame(rows, columns=[*columns, "de_overlap"])
+    assert Calibration.fit(scores).choice("transfer") == ("MeanShift", 0.5, "scaled")
+    # the same gain in E-distance without the loss of DE genes is taken
+    scores.loc[scores["weight"] == 1.0, "de_overlap"] = 0.5
+    assert Calibration.fit(scores).choice("transfer") == ("MeanShift", 1.0, "scaled")
+    # E-distance, EMD and DE genes found each weigh alike in the loss
+    summary = Calibration.fit(scores).summary().loc["transfer"]
+    assert summary["DE calibrated"] == pytest.approx(0.5)
 
 
 def test_fit_prefers_a_steady_gain_to_an_erratic_lower_mean():
@@ -195,10 +218,14 @@ def test_blend_is_exact_at_the_ends():
     model = np.array([[2.0, 0.0], [1.0, 3.0]])
     base = np.array([[1.0, 1.0], [0.0, 1.0]])
     assert blend(model, base, 1.0) is model
-    assert blend(model, base, 0.0) is base
+    # at weight 0 the model's cells take the baseline's means (within two-fold), not its cells
+    # (gene 1: 1.5 -> 0.5 is held to half)
+    np.testing.assert_allclose(blend(model, base, 0.0), model * [1 / 2, 2 / 3])
+    # the cell-by-cell blend (the ablation) is the baseline itself there
+    assert blend(model, base, 0.0, how="cells") is base
 
 
-def test_blend_keeps_the_models_cells_and_takes_the_blended_mean():
+def test_blend_keeps_the_models_cells_and_moves_them_toward_the_blended_mean():
     rng = np.random.default_rng(0)
     model = rng.gamma(2.0, 1.0, size=(50, 4)) * (rng.random((50, 4)) < 0.6)
     base = rng.gamma(2.0, 1.0, size=(50, 4)) * [0.5, 0.8, 1.0, 20.0]
@@ -206,15 +233,21 @@ def test_blend_keeps_the_models_cells_and_takes_the_blended_mean():
     weight = 0.5
     out = blend(model, base, weight)
     cells = (1 - weight) * base + weight * model
-    # every gene has the mean of the cell-by-cell blend
-    np.testing.assert_allclose(out.mean(axis=0), cells.mean(axis=0))
-    # genes within a two-fold factor keep the model's zeros and its cells' order
     scale = blend_scale(model.mean(axis=0), base.mean(axis=0), weight)
-    assert np.isfinite(scale[:2]).all() and np.isnan(scale[2:]).all()
-    np.testing.assert_array_equal(out[:, :2] == 0, model[:, :2] == 0)
-    np.testing.assert_allclose(out[:, :2], model[:, :2] * scale[:2])
-    # the others take the cell-by-cell blend
-    np.testing.assert_allclose(out[:, 2:], cells[:, 2:])
+    # every cell keeps the model's zeros (a silent gene stays silent) and its order, scaled
+    np.testing.assert_array_equal(out == 0, model == 0)
+    np.testing.assert_allclose(out, model * scale)
+    # genes within a two-fold factor take the mean of the cell-by-cell blend ...
+    np.testing.assert_allclose(out[:, :2].mean(axis=0), cells[:, :2].mean(axis=0))
+    # ... the others move two-fold toward it, and a silent gene keeps factor 1
+    assert scale[3] == 2.0 and scale[2] == 1.0
+    assert out[:, 3].mean() < cells[:, 3].mean()
+    # the baseline's cells are not needed: its means do
+    np.testing.assert_allclose(blend(model, None, weight, baseline_mean=base.mean(0)), out)
+    # no gene of the blend is one constant non-zero value (the cell blend fills zeros with one)
+    flat = np.zeros((50, 1))
+    assert not constant_genes(blend(flat, flat + 0.3, 0.5)).size
+    assert constant_genes(blend(flat, flat + 0.3, 0.5, how="cells")).tolist() == [0]
 
 
 def test_the_input_blend_keeps_the_input_cells_at_every_weight():
@@ -222,36 +255,40 @@ def test_the_input_blend_keeps_the_input_cells_at_every_weight():
     inputs = rng.gamma(2.0, 1.0, size=(40, 3)) * (rng.random((40, 3)) < 0.5)
     model = inputs + rng.normal(0.3, 0.5, size=(40, 3)).clip(0)
     base = inputs * [1.5, 1.2, 0.1] + 0.2  # gene 2: the baseline's mean about 7x lower
-    factors = {}
     for weight in (0.0, 0.25, 1.0):
         out = blend(model, base, weight, how="input", inputs=inputs)
-        cells = (1 - weight) * base + weight * model
-        np.testing.assert_allclose(out.mean(axis=0), cells.mean(axis=0))
         scale = blend_scale(model.mean(0), base.mean(0), weight, shape_mean=inputs.mean(0))
-        ok = factors[weight] = np.isfinite(scale)
-        # the input's zeros and order, scaled; the other genes the cell-by-cell blend
-        np.testing.assert_array_equal(out[:, ok] == 0, inputs[:, ok] == 0)
-        np.testing.assert_allclose(out[:, ok], inputs[:, ok] * scale[ok])
-        np.testing.assert_allclose(out[:, ~ok], cells[:, ~ok])
-    # gene 2: the baseline's mean is too far from the input's for a factor, the model's is not
-    assert factors[0.0].tolist() == [True, True, False] and factors[1.0].all()
+        # the input's zeros and order, scaled by at most two-fold
+        np.testing.assert_allclose(out, inputs * scale)
+        assert ((scale >= 0.5) & (scale <= 2.0)).all()
+        within = (scale > 0.5) & (scale < 2.0)
+        cells = (1 - weight) * base + weight * model
+        np.testing.assert_allclose(out[:, within].mean(0), cells[:, within].mean(0))
+    # gene 2 at weight 0: the baseline's mean is 7x lower than the input's, held to half
+    assert blend_scale(model.mean(0), base.mean(0), 0.0, inputs.mean(0))[2] == 0.5
     with pytest.raises(ValueError, match="needs the input cells"):
         blend(model, base, 0.5, how="input")
+    with pytest.raises(ValueError, match="Unknown blend 'cell'"):
+        blend(model, base, 0.5, how="cell")
 
 
 def test_the_input_blend_is_a_candidate_of_its_own_at_weights_0_and_1():
     rows = []
     for c in "abcd":
-        for w, how, e in ((0.0, "scaled", 2.0), (0.5, "scaled", 1.5), (1.0, "scaled", 1.6)):
+        for w, how, e in ((0.0, "scaled", 2.2), (0.5, "scaled", 1.5), (1.0, "scaled", 1.6)):
             rows.append((c, "transfer", "MeanShift", w, how, e, 0.1))
         rows.append((c, "transfer", "MeanShift", 0.0, "input", 1.0 + 0.01 * "abcd".index(c), 0.1))
+        # each baseline's own prediction, for reference (never a candidate)
+        rows.append((c, "transfer", "MeanShift", 0.0, "cells", 2.0, 0.1))
+        rows.append((c, "transfer", "NoChange", 0.0, "cells", 3.0, 0.1))
         rows.append((c, "transfer", "NoChange", 0.0, "scaled", 3.0, 0.1))
     columns = ["condition", "kind", "baseline", "weight", "blend", "e_distance", "emd"]
     cal = Calibration.fit(pd.DataFrame(rows, columns=columns))
     assert cal.choice("transfer") == ("MeanShift", 0.0, "input")
     assert cal.expected_error("transfer")["e_distance"] == pytest.approx(1.015)
+    assert cal.expected_error("transfer")["e_distance_no_change"] == pytest.approx(3.0)
     summary = cal.summary().loc["transfer"]
-    # the baseline alone is its shifted cells, not the input blend at weight 0
+    # the baseline alone is its own prediction, not a blend at weight 0
     assert summary["E MeanShift"] == pytest.approx(2.0) and summary["E model"] == pytest.approx(1.6)
     assert summary["E calibrated"] == pytest.approx(1.015)
 
@@ -281,7 +318,9 @@ def calibrated(tmp_path_factory):
 def test_train_runs_the_inner_validation(calibrated):
     adata, model = calibrated
     table = model.validation
-    assert len(table) and {"baseline", "weight", "E model", "E calibrated"} <= set(table.columns)
+    assert len(table) and {"baseline", "weight", "E model", "E calibrated", "DE calibrated"} <= set(
+        table.columns
+    )
     assert set(model.calibration.scores["kind"]) <= {
         "seen",
         "transfer",
@@ -300,9 +339,21 @@ def test_train_runs_the_inner_validation(calibrated):
         frame = cal._frame(kind)
         if cal.validated_on[kind] == "pooled":
             frame = frame[frame["baseline"] == DEFAULT_BASELINE[kind]]
-        loss = frame["e_distance"] / frame["e_distance"].mean() + frame["emd"] / frame["emd"].mean()
+        frame = frame[frame["blend"].isin(cal.blends)]
+        miss = 1.0 - frame["de_overlap"]
+        loss = (
+            frame["e_distance"] / frame["e_distance"].mean()
+            + frame["emd"] / frame["emd"].mean()
+            + miss / max(miss.mean(), 1e-12)
+        )
         means = frame.assign(loss=loss).groupby(["baseline", "weight", "blend"])["loss"].mean()
         assert means[choice] < means[default], (kind, choice)
+    # the scores: candidates of both blends, each baseline's own prediction for reference, and
+    # the three metrics of the loss
+    scores = cal.scores
+    assert set(scores["blend"]) == {*BLENDS, "cells"} and cal.blends == BLENDS
+    assert (scores.loc[scores["blend"] == "cells", "weight"] == 0.0).all()
+    assert scores["de_overlap"].between(0, 1).all()
 
 
 def _type_0_controls(adata):
@@ -374,6 +425,29 @@ def test_predict_blends_on_the_input_cells_where_chosen(calibrated):
         info = pred.uns["scdoloris"]["calibration"][pert]["type_0"]
         assert (info["weight"], info["blend"]) == (weight, "input")
     assert not np.allclose(out[1.0].X, raw.X)  # weight 1 is not the model alone here
+
+
+@pytest.mark.parametrize("how", BLENDS)
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+def test_a_calibrated_prediction_is_a_population_of_cells(calibrated, how, weight):
+    adata, model = calibrated
+    ctrl, pert, X = _type_0_controls(adata)
+    X = X.copy()
+    X[:, :3] = 0  # three genes silent in every input cell
+    ctrl = ctrl.copy()
+    ctrl.X = X
+    raw = model.predict(ctrl, pert, seed=0, calibrate=False, progress_bar=False).X
+    with _choosing(model, ("MeanShift", weight, how)):
+        pred = model.predict(ctrl, pert, seed=0, progress_bar=False).X
+    # a mean shift moves these genes' zeros; the calibrated cells keep the shape's zeros
+    base = model.baselines_.predict("MeanShift", X, pert, np.full(ctrl.n_obs, "type_0"))
+    assert constant_genes(base[:, :3]).size  # the baseline alone: one value in every cell
+    shape = raw if how == "scaled" else X
+    np.testing.assert_array_equal(pred > 0, shape > 0)
+    # silent in every input cell: stays silent unless the model predicts it detected
+    silent = (X == 0).all(axis=0) & (raw == 0).all(axis=0)
+    assert (pred[:, silent] == 0).all()
+    assert not constant_genes(pred).size
 
 
 def test_a_shrunk_baseline_blends_with_shrunk_changes(calibrated):
@@ -462,13 +536,16 @@ def test_the_validation_figure_marks_the_choice(calibrated, tmp_path):
     fig = plotting.validation(model, tmp_path / "validation.png")
     assert (tmp_path / "validation.png").stat().st_size > 0
     validated = [k for k in model.calibration.choices if model.calibration.validated_on[k] == k]
-    assert len(fig.axes) == 2 * len(validated)
+    # E-distance, EMD and the DE genes found, per validated kind
+    assert len(fig.axes) == 3 * len(validated)
+    assert "DE genes" in fig.axes[2].get_ylabel()
     titles = [ax.get_title() for ax in fig.axes]
     assert all(any(t.startswith(k) for t in titles) for k in validated)
-    # one line per baseline and blend, the input blend dotted
+    # one line per baseline and blend, the input blend dotted; a cross per baseline itself
     lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
-    labels = [label for label in lines if label != "chosen"]
+    labels = [label for label in lines if label != "chosen" and not label.endswith(" itself")]
     assert {label.rsplit(" (", 1)[1][:-1] for label in labels} == set(BLENDS)
+    assert lines["MeanShift itself"].get_marker() == "x"
     dotted = [lines[label].get_linestyle() for label in labels if label.endswith("(input)")]
     assert dotted and set(dotted) == {":"}
 

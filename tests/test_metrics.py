@@ -298,3 +298,63 @@ def test_evaluate_with_wilcoxon_de_genes(eval_data):
     table = evaluate(pred, real, control, de_top=(2,), de_method="wilcoxon")
     assert table.shape == (2 * 2 * 4, 6)
     assert table.value.notna().all()
+
+
+# ---------------------------------------------------------------- downstream: DE and detection
+def test_wilcoxon_scores_are_scanpys():
+    import anndata as ad
+    import scanpy as sc
+    from scipy import sparse
+
+    from scdoloris.metrics import top_de_by_wilcoxon, wilcoxon_scores
+
+    rng = np.random.default_rng(3)
+    # sparse counts: many zeros and ties, as in real cells; a gene silent in both
+    X = np.log1p(rng.poisson(0.6, (80, 40)) * rng.uniform(0.5, 2.0, 40)).astype(np.float32)
+    C = np.log1p(rng.poisson(0.5, (60, 40)) * rng.uniform(0.5, 2.0, 40)).astype(np.float32)
+    X[:, 0] = C[:, 0] = 0
+    both = ad.AnnData(np.vstack([X, C]))
+    both.obs["group"] = pd.Categorical(["p"] * 80 + ["c"] * 60)
+    both.uns["log1p"] = {"base": None}
+    sc.tl.rank_genes_groups(both, "group", groups=["p"], reference="c", method="wilcoxon")
+    result = both.uns["rank_genes_groups"]
+    genes = np.asarray(result["names"]["p"]).astype(int)
+    ours = wilcoxon_scores(X, C)
+    np.testing.assert_allclose(ours[genes], np.asarray(result["scores"]["p"]), atol=1e-5)
+    np.testing.assert_allclose(wilcoxon_scores(sparse.csr_matrix(X), C), ours)
+    assert ours[0] == 0.0
+    top = top_de_by_wilcoxon(X, C, 5)
+    assert sorted(np.abs(ours)[top]) == sorted(np.sort(np.abs(ours))[-5:])
+
+
+def test_de_overlap_counts_the_real_top_genes_found():
+    from scdoloris.metrics import de_overlap
+
+    rng = np.random.default_rng(4)
+    C = rng.gamma(2.0, 1.0, (100, 30)) * (rng.random((100, 30)) < 0.5)
+    R = C.copy()
+    R[:, :5] += 3.0  # the real DE genes: 0-4
+    assert de_overlap(R, R, C, n=5) == 1.0
+    P = C.copy()
+    P[:, 2:7] += 3.0  # finds 2, 3, 4 of them
+    assert de_overlap(P, R, C, n=5) == pytest.approx(0.6)
+    # a constant non-zero value in every predicted cell of a gene silent in the controls is
+    # the strongest rank-test signal there is: it pushes real DE genes out
+    C[:, 10] = 0
+    Q = R.copy()
+    Q[:, 10] = 0.01
+    assert de_overlap(Q, R, C, n=5) < 1.0
+
+
+def test_detection_and_expressed_genes():
+    from scdoloris.metrics import constant_genes, detection_error, expressed_genes_ratio
+
+    real = np.array([[1.0, 0.0, 2.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
+    filled = real + 0.1  # every zero filled
+    assert detection_error(real, real) == 0.0
+    assert detection_error(filled, real) == pytest.approx(0.5)
+    assert expressed_genes_ratio(filled, real) == 2.0
+    assert constant_genes(real).size == 0
+    assert constant_genes(np.zeros((3, 2)) + [0.0, 0.2]).tolist() == [1]
+    with pytest.raises(ValueError, match="non-empty"):
+        detection_error(np.zeros((0, 4)), real)

@@ -89,7 +89,8 @@ def wilcoxon_scores(X, C) -> np.ndarray:
     X
         Cells x genes (e.g. predicted or real perturbed cells), dense or sparse.
     C
-        Reference cells (e.g. the control cells) on the same genes.
+        Reference cells (e.g. the control cells) on the same genes (or, to rank several
+        predictions against the same cells, their ``_SortedReference``).
 
     Returns
     -------
@@ -103,11 +104,12 @@ def wilcoxon_scores(X, C) -> np.ndarray:
     >>> wilcoxon_scores(X, C).round(4).tolist()  # U = 4 of 4 for gene 1; all ties for gene 2
     [1.5492, 0.0]
     """
-    X, C = _dense64(X, "X"), _dense64(C, "C")
-    if X.shape[1] != C.shape[1]:
-        raise ValueError(f"X has {X.shape[1]} genes but C has {C.shape[1]}.")
-    n, m = X.shape[0], C.shape[0]
-    below, ties = _SortedReference(C).below_and_ties(X)
+    C = C if isinstance(C, _SortedReference) else _SortedReference(_dense64(C, "C"))
+    X = _dense64(X, "X")
+    if X.shape[1] != C.offsets.size:
+        raise ValueError(f"X has {X.shape[1]} genes but C has {C.offsets.size}.")
+    n, m = X.shape[0], C.n
+    below, ties = C.below_and_ties(X)
     u = below + 0.5 * ties
     return (u - n * m / 2.0) / np.sqrt(n * m * (n + m + 1) / 12.0)
 

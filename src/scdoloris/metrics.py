@@ -10,7 +10,10 @@ definitions follow the Doloris paper's evaluation:
 * :func:`pearson_delta`: Pearson correlation of the predicted and real mean changes from control,
 
 and :func:`evaluate` computes them per condition on all genes and on the top differentially
-expressed genes of each condition (:func:`top_de_genes`).
+expressed genes of each condition (:func:`top_de_genes`). What users do next with predicted
+cells, differential expression and which genes each cell expresses, has metrics of its own:
+:func:`de_overlap` (of the top DE genes by :func:`wilcoxon_scores`, scanpy's Wilcoxon scores),
+:func:`detection_error`, :func:`expressed_genes_ratio` and :func:`constant_genes`.
 """
 
 from __future__ import annotations
@@ -25,9 +28,30 @@ import pandas as pd
 from scipy import sparse
 
 from ._anndata_utils import align_genes, check_log_normalised, close_matches
+from ._downstream import (
+    constant_genes,
+    de_overlap,
+    detection_error,
+    expressed_genes_ratio,
+    top_de_by_wilcoxon,
+    wilcoxon_scores,
+)
 from ._perturbation import normalize_perturbation
 
-__all__ = ["e_distance", "emd", "rmse", "pearson_delta", "top_de_genes", "evaluate"]
+__all__ = [
+    "e_distance",
+    "emd",
+    "rmse",
+    "pearson_delta",
+    "top_de_genes",
+    "evaluate",
+    "wilcoxon_scores",
+    "top_de_by_wilcoxon",
+    "de_overlap",
+    "detection_error",
+    "expressed_genes_ratio",
+    "constant_genes",
+]
 
 # Largest number of entries of one block of the distance matrix (32 MB in float64).
 _BLOCK_ENTRIES = 1 << 22

@@ -107,6 +107,12 @@ def umap(
 
 
 _STYLES = {"scaled": "-", "cells": "--", "input": ":"}  # the line of each blend
+# the panels of the validation figure: score column, axis label
+_PANELS = (
+    ("e_distance", "E-distance (lower is better)"),
+    ("emd", "EMD (lower is better)"),
+    ("de_overlap", "top-20 DE genes found (higher is better)"),
+)
 
 
 def _curve(frame, baseline: str, how: str, metric: str):
@@ -122,14 +128,14 @@ def _curve(frame, baseline: str, how: str, metric: str):
 
 
 def validation(model, path: str | Path | None = None, *, dpi: int = 120):
-    """Draw the inner validation of :meth:`~scdoloris.DolorisModel.train`: how the E-distance
-    and EMD of the blend of the model and a baseline change with the model's weight ``w``
-    (:func:`scdoloris.model._calibration.blend`).
+    """Draw the inner validation of :meth:`~scdoloris.DolorisModel.train`: how the E-distance,
+    the EMD and the top-20 DE genes found of the blend of the model and a baseline change with
+    the model's weight ``w`` (:func:`scdoloris.model._calibration.blend`).
 
-    One row of two panels (E-distance, EMD) per kind of condition that had inner conditions;
-    one line per baseline and blend (solid: the model's cells scaled, dashed: cell by cell,
-    dotted: the input cells scaled; ``w = 0`` is the baseline alone, ``w = 1`` the diffusion
-    model alone, for the input blend their mean changes on the input cells), the mean over the
+    One row of panels (E-distance, EMD, DE genes found) per kind of condition that had inner
+    conditions; one line per baseline and blend (solid: the model's cells moved toward the
+    blended means, dotted: the input cells; ``w = 1`` of the solid line is the diffusion model
+    alone), and a cross at ``w = 0`` for each baseline's own prediction, the mean over the
     kind's inner conditions; the blend :meth:`predict` uses is circled. Read it to see whether
     the model beats the baselines on held-out training conditions of each kind, and by how
     much the calibration leans on them.
@@ -154,7 +160,7 @@ def validation(model, path: str | Path | None = None, *, dpi: int = 120):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .model._calibration import is_candidate
+    from .model._calibration import CELL_BLEND, is_candidate
 
     calibration = model.calibration
     if calibration is None or calibration.scores.empty:
@@ -163,24 +169,22 @@ def validation(model, path: str | Path | None = None, *, dpi: int = 120):
             "(the default), with at least two perturbed conditions in the training data."
         )
     scores = calibration.scores
+    panels = [(m, label) for m, label in _PANELS if m in scores and scores[m].notna().any()]
+    blends = [b for b in calibration.blends if b in set(scores["blend"])]
     kinds = [k for k in calibration.choices if calibration.validated_on.get(k) == k]
-    fig = Figure(figsize=(9, 2.8 * len(kinds) + 0.6), layout="constrained")
+    fig = Figure(figsize=(4.5 * len(panels), 2.8 * len(kinds) + 0.6), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(kinds), 2, squeeze=False)
+    axes = fig.subplots(len(kinds), len(panels), squeeze=False)
     for row, kind in zip(axes, kinds, strict=True):
         frame = scores[scores["kind"] == kind]
         choice = calibration.choice(kind)
         n = frame["condition"].nunique()
-        for ax, metric, label in zip(
-            row, ("e_distance", "emd"), ("E-distance", "EMD"), strict=True
-        ):
-            model_alone = (frame["weight"] == 1.0) & (frame["blend"] != "input")
-            alone = frame.loc[model_alone, metric].mean()
+        for ax, (metric, label) in zip(row, panels, strict=True):
             for i, name in enumerate(dict.fromkeys(frame["baseline"])):
-                for mode in dict.fromkeys(frame["blend"]):
+                for mode in blends:
                     curve = _curve(frame, name, mode, metric)
-                    if 1.0 not in curve.index and mode != "input":  # scored once per kind
-                        curve[1.0] = alone
+                    if 1.0 not in curve.index:  # the model alone: with the measured baselines
+                        curve[1.0] = _curve(frame, frame["baseline"].iloc[0], mode, metric)[1.0]
                     ax.plot(
                         curve.index,
                         curve.to_numpy(),
@@ -190,12 +194,16 @@ def validation(model, path: str | Path | None = None, *, dpi: int = 120):
                         color=f"C{i}",
                         label=f"{name} ({mode})",
                     )
+                if CELL_BLEND not in blends:  # the baseline's own prediction, for reference
+                    own = _curve(frame, name, CELL_BLEND, metric)
+                    if 0.0 in own.index:
+                        ax.plot([0.0], [own[0.0]], "x", ms=7, color=f"C{i}", label=f"{name} itself")
             chosen = frame.loc[is_candidate(frame, choice), metric].mean()
             ax.plot([choice[1]], [chosen], "o", ms=12, mfc="none", mec="black", label="chosen")
             ax.set_xlabel("weight of the model (0: baseline, 1: model)")
-            ax.set_ylabel(f"{label} (lower is better)")
+            ax.set_ylabel(label)
             ax.set_title(f"{kind}: {n} inner condition(s)", fontsize=10)
-        row[1].legend(fontsize=8, frameon=False)
+        row[-1].legend(fontsize=7, frameon=False)
     fig.suptitle("Inner validation: the blend of the model and each baseline", fontsize=11)
     if path is not None:
         path = Path(path)

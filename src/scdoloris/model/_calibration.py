@@ -235,7 +235,15 @@ class Calibration:
     blends: tuple[str, ...] = BLENDS
 
     @classmethod
-    def fit(cls, scores: pd.DataFrame, blends: tuple[str, ...] = BLENDS) -> Calibration:
+    def fit(
+        cls,
+        scores: pd.DataFrame,
+        blends: tuple[str, ...] = BLENDS,
+        *,
+        clear_se: float = CLEAR_SE,
+        no_worse_se: float = NO_WORSE_SE,
+        metrics: tuple[str, ...] = METRICS,
+    ) -> Calibration:
         """Per kind, the equal-weight blend of the model and the kind's default baseline,
         unless the inner validation clearly prefers another candidate.
 
@@ -260,6 +268,15 @@ class Calibration:
         pooled conditions of the other kinds (but the seen ones), among blends with its own
         default baseline.
 
+        Parameters
+        ----------
+        scores
+            The inner validation's scores (see the class docstring).
+        blends
+            The blends a kind may choose (an ablation's: ``("cells",)``).
+        clear_se, no_worse_se, metrics
+            The rule's margins and the metrics of its loss (the benchmarks compare others).
+
         Examples
         --------
         >>> rows = [(c, "transfer", "MeanShift", w, "scaled", e, 0.1, 0.5) for c in "abcd"
@@ -278,13 +295,15 @@ class Calibration:
         choices, validated = {}, {}
         pooled = candidates[candidates["kind"] != "seen"]
         pooled = pooled if len(pooled) else candidates
+        rule = {"clear_se": clear_se, "no_worse_se": no_worse_se, "metrics": metrics}
         for kind in KINDS:
             own = candidates[candidates["kind"] == kind]
             if len(own):
-                choices[kind], validated[kind] = _choose(own, kind, blends), kind
+                choices[kind], validated[kind] = _choose(own, kind, blends, **rule), kind
             elif len(pooled):
                 restricted = pooled[pooled["baseline"] == DEFAULT_BASELINE[kind]]
-                choices[kind], validated[kind] = _choose(restricted, kind, blends), "pooled"
+                choices[kind] = _choose(restricted, kind, blends, **rule)
+                validated[kind] = "pooled"
         return cls(scores.reset_index(drop=True), choices, validated, blends)
 
     def choice(self, kind: str) -> tuple[str, float, str]:
@@ -394,11 +413,11 @@ def _default_candidate(frame: pd.DataFrame, kind: str, blends: tuple[str, ...] =
     return DEFAULT_BASELINE[kind], PRIOR_WEIGHT, scored[0]
 
 
-def _metric_losses(frame: pd.DataFrame) -> dict[str, pd.Series]:
-    """Per metric of :data:`METRICS` that ``frame`` has, the loss it adds per row (lower is
+def _metric_losses(frame: pd.DataFrame, metrics=METRICS) -> dict[str, pd.Series]:
+    """Per metric of ``metrics`` that ``frame`` has, the loss it adds per row (lower is
     better): E-distance, EMD and the share of DE genes missed, each over its mean."""
     losses = {}
-    for metric in METRICS:
+    for metric in metrics:
         if metric not in frame or frame[metric].isna().all():
             continue
         value = 1.0 - frame[metric] if metric == "de_overlap" else frame[metric]
@@ -406,10 +425,10 @@ def _metric_losses(frame: pd.DataFrame) -> dict[str, pd.Series]:
     return losses
 
 
-def _loss_table(frame: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
+def _loss_table(frame: pd.DataFrame, metric: str | None = None, metrics=METRICS) -> pd.DataFrame:
     """Conditions x candidates ``(baseline, weight, blend)``: the summed loss of the metrics
     (or one ``metric``'s), candidates not scored on every condition dropped."""
-    losses = _metric_losses(frame)
+    losses = _metric_losses(frame, metrics)
     loss = losses[metric] if metric is not None else sum(losses.values(), 0.0 * frame["emd"])
     return (
         frame.assign(loss=loss.fillna(1.0))
@@ -424,24 +443,31 @@ def _paired_gain(table: pd.DataFrame, default) -> tuple[np.ndarray, np.ndarray]:
     return gain.mean(axis=0), gain.std(axis=0, ddof=1) / np.sqrt(len(table))
 
 
-def _choose(frame: pd.DataFrame, kind: str, blends: tuple[str, ...] = BLENDS):
+def _choose(
+    frame: pd.DataFrame,
+    kind: str,
+    blends: tuple[str, ...] = BLENDS,
+    clear_se: float = CLEAR_SE,
+    no_worse_se: float = NO_WORSE_SE,
+    metrics: tuple[str, ...] = METRICS,
+):
     """The rule of :meth:`Calibration.fit` on one kind's scores."""
     default = _default_candidate(frame, kind, blends)
     if frame.empty:
         return default
-    table = _loss_table(frame)
+    table = _loss_table(frame, metrics=metrics)
     n = len(table)
     if default not in table.columns or n < MIN_EVIDENCE:
         return default
-    # clear: a paired gain above CLEAR_SE standard errors (a gain within rounding of zero
+    # clear: a paired gain above clear_se standard errors (a gain within rounding of zero
     # never is, so near-ties stay with the default) ...
     mean, se = _paired_gain(table, default)
-    clear = mean.round(9) > CLEAR_SE * se
-    # ... and no metric given away: on each, at most NO_WORSE_SE standard errors worse
-    for metric in _metric_losses(frame):
-        one = _loss_table(frame, metric).reindex(columns=table.columns)
+    clear = mean.round(9) > clear_se * se
+    # ... and no metric given away: on each, at most no_worse_se standard errors worse
+    for metric in _metric_losses(frame, metrics):
+        one = _loss_table(frame, metric, metrics).reindex(columns=table.columns)
         m_mean, m_se = _paired_gain(one, default)
-        clear &= -m_mean.round(9) <= NO_WORSE_SE * m_se
+        clear &= -m_mean.round(9) <= no_worse_se * m_se
     better = [bw for bw, ok in zip(table.columns, clear, strict=True) if ok]
     if not better:
         return default

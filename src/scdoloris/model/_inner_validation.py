@@ -15,7 +15,7 @@ from scipy import sparse
 from .._constants import REGISTRY_KEYS
 from .._perturbation import format_tokens
 from ..baselines import Additive, MeanShift
-from .._downstream import de_overlap, top_de_by_wilcoxon
+from .._downstream import _SortedReference, de_overlap, top_de_by_wilcoxon
 from ..metrics import e_distance, emd
 from ._calibration import (
     BASELINES,
@@ -351,8 +351,9 @@ class _Scorer:
     cells) that the prediction's own top 20 find."""
 
     def __init__(self, real: np.ndarray, inputs: np.ndarray):
-        self.real, self.inputs = real, inputs
-        self.real_top = top_de_by_wilcoxon(real, inputs, DE_GENES)
+        self.real = real
+        self.inputs = _SortedReference(inputs.astype(np.float64))  # sorted once, ranked against
+        self.real_top = top_de_by_wilcoxon(real, self.inputs, DE_GENES)
 
     def __call__(self, Q: np.ndarray) -> dict[str, float]:
         return {

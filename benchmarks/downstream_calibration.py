@@ -1,0 +1,156 @@
+"""The calibration of cells that hold up downstream, chosen on the inner validation only.
+
+Reads the inner validation's candidate scores written by ``defaults.py --scores`` (E-distance,
+EMD and the share of the real top-20 DE genes found, for every candidate of every inner
+condition; the fold's test conditions are never predicted) and compares calibration rules and
+candidate sets. Each inner condition is scored with the choice of a calibration fitted on the
+OTHER inner conditions of its fold and seed (leave one condition out); differences are paired
+per condition and seed against the method (the first variant), with their standard error.
+
+Variants:
+
+- ``method``: the blends that keep cells (model's cells scaled, input cells scaled), every
+  baseline and weight; the loss counts E-distance, EMD and DE genes missed; a candidate must
+  beat the default by two SE and be worse on no metric by more than one SE.
+- ``no DE term``: the loss of E-distance and EMD only (the guard on them alone).
+- ``no guard``: no per-metric guard.
+- ``scaled only``: the model's cells only (no input blend).
+- ``fewer``: measured baselines only, weights 0.25 to 1 (no shrunk baseline, no weight 0).
+- ``default``: always the kind's equal-weight blend (no choice).
+- ``model alone``: the diffusion model (weight 1).
+
+Also per task kind: how often a fold's kinds get the same candidate at all three training
+seeds (each seed has its own inner split and inner model).
+
+Usage::
+
+    python benchmarks/downstream_calibration.py benchmarks/downstream/scores_*.csv.gz
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import numpy as np
+import pandas as pd
+import run
+from _machine import run_record
+
+from scdoloris.model._calibration import BLENDS, MEASURED, Calibration, is_candidate
+
+KEY = ["task", "fold", "seed"]
+METRICS = {"E": "e_distance", "EMD": "emd", "DE": "de_overlap"}
+VARIANTS = {
+    "method": {},
+    "no DE term": {"metrics": ("e_distance", "emd")},
+    "no guard": {"no_worse_se": np.inf},
+    "scaled only": {"blends": ("scaled",)},
+    "fewer": {"rows": lambda f: f[f["baseline"].isin(MEASURED) & (f["weight"] >= 0.25)]},
+    "default": {"clear_se": np.inf},
+}
+
+
+def _fit(frame: pd.DataFrame, options: dict) -> Calibration:
+    options = dict(options)
+    rows = options.pop("rows", None)
+    if rows is not None:
+        frame = rows(frame)
+    blends = options.pop("blends", BLENDS)
+    return Calibration.fit(frame, blends, **options)
+
+
+def held_out(scores: pd.DataFrame, options: dict) -> pd.DataFrame:
+    """Per inner condition of one fold-seed: the choice fitted on the other conditions and
+    its scores on this one."""
+    rows = []
+    for cond, frame in scores.groupby("condition"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            choice = _fit(scores[scores["condition"] != cond], options).choice(
+                frame["kind"].iloc[0]
+            )
+        held = frame[is_candidate(frame, choice)].iloc[0]
+        rows.append(
+            {"condition": cond, "kind": held["kind"], "choice": " ".join(map(str, choice))}
+            | {m: held[c] for m, c in METRICS.items()}
+        )
+    return pd.DataFrame(rows)
+
+
+def model_alone(scores: pd.DataFrame) -> pd.DataFrame:
+    alone = scores[(scores["weight"] == 1.0) & (scores["blend"] == BLENDS[0])]
+    alone = alone.drop_duplicates("condition")
+    out = alone[["condition", "kind", *METRICS.values()]].rename(
+        columns={c: m for m, c in METRICS.items()}
+    )
+    return out.assign(choice="model alone")
+
+
+def compare(scores: pd.DataFrame) -> pd.DataFrame:
+    """Every variant's held-out choices and scores, per inner condition and fold-seed."""
+    parts = []
+    for tags, frame in scores.groupby(KEY):
+        frame = frame.drop(columns=KEY)
+        for name, options in VARIANTS.items():
+            parts.append(held_out(frame, options).assign(variant=name, **dict(zip(KEY, tags))))
+        parts.append(model_alone(frame).assign(variant="model alone", **dict(zip(KEY, tags))))
+    return pd.concat(parts, ignore_index=True)
+
+
+def stability(scores: pd.DataFrame) -> pd.Series:
+    """Per task kind: the share of (fold, kind) whose choice (fitted on all of a fold-seed's
+    inner conditions) is the same at every seed."""
+    rows = []
+    for (task, fold, seed), frame in scores.groupby(KEY):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cal = _fit(frame.drop(columns=KEY), {})
+        for kind in set(frame["kind"]):
+            rows.append((task, fold, seed, kind, cal.choice(kind)))
+    table = pd.DataFrame(rows, columns=["task", "fold", "seed", "kind", "choice"])
+    same = table.groupby(["task", "fold", "kind"])["choice"].nunique() == 1
+    return same.groupby(level="task").mean()
+
+
+def summary(table: pd.DataFrame, same: pd.Series) -> pd.DataFrame:
+    variants = list(dict.fromkeys(table["variant"]))
+    wide = table.pivot_table(
+        index=["task", "seed", "fold", "condition"], columns="variant", values=list(METRICS)
+    )
+    rows = []
+    for task, q in wide.groupby(level="task"):
+        row = {"task kind": task, "n": len(q), "same choice at every seed": f"{same[task]:.0%}"}
+        for m in METRICS:
+            digits = 5 if m == "EMD" else 4
+            for v in variants:
+                row[f"{m} {v}"] = f"{q[(m, v)].mean():.{digits}f}"
+            for v in variants[1:]:
+                d = q[(m, v)] - q[(m, variants[0])]
+                se = d.std(ddof=1) / np.sqrt(len(d))
+                row[f"Δ{m} {v}"] = f"{d.mean():+.{digits}f} ± {se:.{digits}f}"
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("task kind")
+
+
+def main(argv: list[str] | None = None) -> int:
+    info = run_record(run._command(argv))
+    paths = sys.argv[1:] if argv is None else argv
+    scores = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
+    if "de_overlap" not in scores:
+        raise SystemExit(f"{' '.join(paths)}: no de_overlap column (scores before this study)")
+    scores = scores[[c for c in scores.columns if c not in ("train", "predict")]]
+    table = compare(scores)
+    print(f"Command: `{info['command']}`; commit {info['commit']}; {info['date']}")
+    print(f"Machine: {info['machine']}")
+    print(summary(table, stability(scores)).T.to_markdown())
+    chosen = table[table["variant"] == "method"]
+    print("\nChoices of the method (held out), per task kind:")
+    for task, sub in chosen.groupby("task"):
+        counts = sub["choice"].value_counts().head(6)
+        print(f"- {task}: " + ", ".join(f"{k} ({n})" for k, n in counts.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
