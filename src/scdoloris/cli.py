@@ -134,7 +134,7 @@ def cli_words(message: str) -> str:
     >>> cli_words("No control cells. Did you mean control_group='control'?")
     'No control cells. Did you mean --control control?'
     >>> cli_words("perturbation_key='guide' is not a column; pass cell_type=... or ...")
-    "--perturbation-key guide is not a column; pass --cell-type NAME or ..."
+    '--perturbation-key guide is not a column; pass --cell-type NAME or ...'
     """
     for pattern, flag, quoted in _FLAG_WORDS:
         if quoted:
@@ -273,14 +273,18 @@ def _control_label(
 ) -> tuple[str, str | None]:
     """``--control``, or when it is not given the one usual control label in ``obs[key]``;
     and a line saying which label was found (None when given)."""
+    from ._anndata_utils import close_matches
     from .model._setup import COMMON_CONTROL_LABELS
 
     if given is not None:
         return given, None
     if key not in adata.obs:
+        columns = [str(c) for c in adata.obs.columns]
+        hits = close_matches(key, columns)
+        hint = f"Did you mean --perturbation-key {shlex.quote(hits[0])}?" if hits else ""
         raise CLIError(
-            f"{where} has no obs column {key!r} (columns: {list(adata.obs.columns)}). Pass "
-            "--perturbation-key COLUMN."
+            f"{where} has no obs column {key!r} (columns: {columns}). "
+            + (hint or "Pass --perturbation-key COLUMN.")
         )
     values = [str(v) for v in adata.obs[key].astype(str).unique()]
     usual = {label.lower() for label in COMMON_CONTROL_LABELS}

@@ -129,13 +129,15 @@ class DolorisModel(
 
     Examples
     --------
-    >>> import scanpy as sc, scdoloris
+    >>> import scanpy as sc, scvi, scdoloris
+    >>> scvi.settings.seed = 0  # recorded by the model: the run can be repeated  # doctest: +SKIP
     >>> adata = scdoloris.datasets.simulate(n_cells=600, n_genes=100, seed=0)  # doctest: +SKIP
     >>> sc.pp.normalize_total(adata); sc.pp.log1p(adata)  # doctest: +SKIP
     >>> scdoloris.DolorisModel.setup_anndata(adata, perturbation_key="perturbation",
     ...                                      cell_type_key="cell_type")  # doctest: +SKIP
     >>> model = scdoloris.DolorisModel(adata)  # doctest: +SKIP
     >>> model.train(max_epochs=5)  # doctest: +SKIP
+    >>> print(model)  # the seed, and how far to trust each kind of prediction  # doctest: +SKIP
     >>> ctrl = adata[adata.obs["perturbation"] == "ctrl"]  # doctest: +SKIP
     >>> pred = model.predict(ctrl, perturbation=["G0001", "G0001+G0002"])  # doctest: +SKIP
     """
