@@ -25,13 +25,17 @@ another seed is passed; they do not depend on the seeds of the methods.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import NamedTuple
 
 import anndata as ad
 import numpy as np
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# the shared data folder: $SCDOLORIS_DATA (as the tests), else ../shared/data beside the checkout
+DATA_DIR = Path(
+    os.environ.get("SCDOLORIS_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
 SPLIT_SEED = 0
 
 NORMAN_FILE = "norman2019_k562_subset.h5ad"

@@ -30,6 +30,7 @@ they trained on them), the other half never trains and is the input of the secon
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
@@ -38,7 +39,10 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# the shared data folder: $SCDOLORIS_DATA (as the tests), else ../shared/data beside the checkout
+DATA_DIR = Path(
+    os.environ.get("SCDOLORIS_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
 SPLIT_SEED = 0
 MAX_CELLS = 300
 VIEWS = ("train", "held-out")

@@ -1,25 +1,72 @@
-"""Shared fixtures: the real data of ../shared/data (skipped when absent) and small models."""
+"""Shared fixtures: the real data (skipped when absent) and small models.
+
+The real data sets are read from the folder named by the environment variable
+``SCDOLORIS_DATA``, by default ``../shared/data`` beside the checkout. A test that needs a file
+that is not there is skipped with a reason starting with ``"real data:"``, and the end of the
+test summary says how many were skipped and why (:func:`pytest_terminal_summary`).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-NORMAN = DATA_DIR / "norman2019_k562_subset.h5ad"
-KANG = DATA_DIR / "kang2018_pbmc_ifnb.h5ad"
+DATA_ENV = "SCDOLORIS_DATA"
+DATA_DIR = Path(os.environ.get(DATA_ENV) or Path(__file__).resolve().parents[2] / "shared" / "data")
+NORMAN = "norman2019_k562_subset.h5ad"
+KANG = "kang2018_pbmc_ifnb.h5ad"
 HELD_OUT_PAIRS = ["KLF1+MAP2K6", "KLF1+TGFBR2", "MAP2K3+MAP2K6", "MAP2K3+SLC38A2", "MAPK1+TGFBR2"]
+SKIP_PREFIX = "real data:"  # the reason of every skip for want of a real data file
 
 torch.set_num_threads(1)
 
 
-def read_log_normalised(path: Path):
-    """Read a shared .h5ad (raw counts) and log-normalise it; skip the test when it is absent."""
+def data_file(name: str) -> Path:
+    """The path of ``name`` in the real data folder; skip the test when it is not there."""
+    path = DATA_DIR / name
     if not path.exists():
-        pytest.skip(f"{path.name} not found in {path.parent} (the shared data folder is absent)")
+        pytest.skip(
+            f"{SKIP_PREFIX} {name} not found in {DATA_DIR} (set {DATA_ENV} to the folder that "
+            "holds the shared data)"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_data():
+    """A function: file name -> its path in the real data folder (``$SCDOLORIS_DATA``, default
+    ``../shared/data``); it skips the test when the file is not there."""
+    return data_file
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say how many tests were skipped for want of real data, which files, and how to run them."""
+    missing: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else ""
+        if SKIP_PREFIX in reason:
+            name = reason.split(SKIP_PREFIX, 1)[1].split()[0]
+            missing[name] = missing.get(name, 0) + 1
+    if not missing:
+        return
+    n = sum(missing.values())
+    files = ", ".join(sorted(missing))
+    terminalreporter.write_sep("=", "real data", yellow=True)
+    terminalreporter.write_line(
+        f"{n} real-data test{'s' if n != 1 else ''} skipped: {files} not found in {DATA_DIR}. "
+        f"Set {DATA_ENV}=/path/to/folder (with the shared .h5ad files) to run "
+        f"{'them' if n != 1 else 'it'}."
+    )
+
+
+def read_log_normalised(name: str):
+    """Read a shared .h5ad (raw counts) and log-normalise it; skip the test when it is absent."""
+    path = data_file(name)
     import scanpy as sc
 
     adata = sc.read_h5ad(path)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -11,9 +9,6 @@ import pytest
 
 from scdoloris.baselines import Additive, LinearBaseline, MeanShift, NoChange
 from scdoloris.metrics import e_distance
-
-DATA_DIR = Path(__file__).parents[1].parent / "shared" / "data"
-NORMAN = DATA_DIR / "norman2019_k562_subset.h5ad"
 
 BASELINES = (NoChange, MeanShift, Additive, LinearBaseline)
 
@@ -313,11 +308,10 @@ def test_errors(adata):
 # -------------------------------------------------------------- real data
 
 
-@pytest.mark.skipif(not NORMAN.exists(), reason=f"real data set not found at {NORMAN}")
-def test_additive_beats_no_change_on_norman_pair():
+def test_additive_beats_no_change_on_norman_pair(real_data):
     import scanpy as sc
 
-    adata = ad.read_h5ad(NORMAN).copy()  # X holds raw counts
+    adata = ad.read_h5ad(real_data("norman2019_k562_subset.h5ad"))  # X holds raw counts
     sc.pp.normalize_total(adata)
     sc.pp.log1p(adata)
     perturbation = adata.obs["perturbation"].astype(str)

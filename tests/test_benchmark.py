@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FILES = {
     "norman": "norman2019_k562_subset.h5ad",
     "papalexi": "papalexi2021_thp1.h5ad",
@@ -41,10 +40,11 @@ def _load(name: str):
     return module
 
 
-def _require(protocol: str) -> None:
-    path = DATA_DIR / FILES[protocol]
-    if not path.exists():
-        pytest.skip(f"{path.name} not found in {DATA_DIR} (the shared data folder is absent)")
+@pytest.fixture
+def require(real_data):
+    """A function: protocol -> None, skipping the test when its real data file is absent (the
+    benchmarks read the same folder, ``$SCDOLORIS_DATA`` or ``../shared/data``)."""
+    return lambda protocol: real_data(FILES[protocol])
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +53,9 @@ def protocols():
 
 
 @pytest.mark.slow
-def test_tiny_run_writes_the_results(tmp_path):
-    _require("norman")
-    _require("kang")
+def test_tiny_run_writes_the_results(tmp_path, require):
+    require("norman")
+    require("kang")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(BENCH / "run.py"), "--tiny"]
     done = subprocess.run(
@@ -87,8 +87,8 @@ def tasks():
 @pytest.mark.parametrize(
     "name", ["norman_pairs", "norman_singles", "papalexi_replicate", "kang_donor"]
 )
-def test_every_condition_is_held_out_once_and_never_trains(tasks, name):
-    _require(name.split("_")[0])
+def test_every_condition_is_held_out_once_and_never_trains(tasks, name, require):
+    require(name.split("_")[0])
     seen: list[str] = []
     key = None
     for fold in tasks.folds(name, max_cells=30):
@@ -117,8 +117,8 @@ def test_every_condition_is_held_out_once_and_never_trains(tasks, name):
     assert key is not None
 
 
-def test_folds_are_fixed(tasks):
-    _require("norman")
+def test_folds_are_fixed(tasks, require):
+    require("norman")
     a = next(tasks.folds("norman_singles", max_cells=20))
     b = next(tasks.folds("norman_singles", max_cells=20))
     assert [c.name for c in a.conditions] == [c.name for c in b.conditions]
@@ -166,8 +166,8 @@ def test_rank_metric_by_hand():
 
 
 @pytest.mark.parametrize("name", ["norman", "papalexi", "kang"])
-def test_protocol_splits_are_disjoint(protocols, name):
-    _require(name)
+def test_protocol_splits_are_disjoint(protocols, name, require):
+    require(name)
     split = protocols.PROTOCOLS[name]()
     train, controls, real = split.train, split.controls, split.real
     key, ctrl = split.setup["perturbation_key"], split.setup["control_group"]
@@ -184,9 +184,9 @@ def test_protocol_splits_are_disjoint(protocols, name):
     assert (train.obs[key].astype(str) == ctrl).sum() >= controls.n_obs * 0.9
 
 
-def test_papalexi_is_capped_and_kang_keeps_training_controls(protocols):
-    _require("papalexi")
-    _require("kang")
+def test_papalexi_is_capped_and_kang_keeps_training_controls(protocols, require):
+    require("papalexi")
+    require("kang")
     split = protocols.papalexi()
     counts = split.train.obs["target"].value_counts()
     assert counts.max() <= protocols.PAPALEXI_MAX_CELLS
@@ -197,8 +197,8 @@ def test_papalexi_is_capped_and_kang_keeps_training_controls(protocols):
     assert held.sum() > 0
 
 
-def test_splits_are_fixed_and_tiny_caps(protocols):
-    _require("norman")
+def test_splits_are_fixed_and_tiny_caps(protocols, require):
+    require("norman")
     a, b = protocols.norman(max_cells=20), protocols.norman(max_cells=20)
     assert list(a.controls.obs_names) == list(b.controls.obs_names)
     assert a.train.obs["perturbation"].value_counts().max() <= 20

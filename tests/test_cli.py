@@ -327,3 +327,109 @@ def test_demo_fast_writes_its_files(tmp_path):
     assert set(metrics["method"]) == {"Doloris", "Additive", "NoChange"}
     for method in ("Doloris", "Additive", "NoChange"):
         assert method in result.output
+
+
+# ---------------------------------------------------------------- issue 33: no silent traps
+@pytest.fixture(scope="module")
+def other_files(screen) -> dict:
+    """The screen log-normalised on disk, and its raw counts with the control cells labelled
+    'control' (as in the README's data)."""
+    import scanpy as sc
+
+    folder = screen["dir"]
+    adata = ad.read_h5ad(folder / "screen.h5ad")
+    logged = adata.copy()
+    sc.pp.normalize_total(logged)
+    sc.pp.log1p(logged)
+    logged.write_h5ad(folder / "lognorm.h5ad")
+    labels = adata.obs["perturbation"].astype(str).replace({"ctrl": "control"})
+    adata.obs["perturbation"] = labels.to_numpy()
+    adata.write_h5ad(folder / "control_screen.h5ad")
+    return {"lognorm": folder / "lognorm.h5ad", "control": folder / "control_screen.h5ad"}
+
+
+def test_normalize_refuses_log_normalised_data_and_names_the_fix(
+    screen, other_files, model_dir, tmp_path
+):
+    commands = (
+        ("train", other_files["lognorm"], "--normalize", "-o", tmp_path / "m"),
+        ("predict", model_dir, other_files["lognorm"], "-p", screen["singles"][0], "--normalize",
+         "-o", tmp_path / "p.h5ad"),
+    )  # fmt: skip
+    for args in commands:
+        result = invoke(*args)
+        assert result.exit_code == 1, result.output
+        (line,) = error_lines(result.output)
+        assert "lognorm.h5ad' looks log-normalised already" in line, line
+        assert "Drop --normalize" in line and "--layer" in line
+    assert not (tmp_path / "m").exists() and not (tmp_path / "p.h5ad").exists()
+
+
+def test_a_wrong_control_label_is_named_with_the_flag(other_files, tmp_path):
+    result = invoke("train", other_files["control"], "--control", "ctrl", "--normalize", "-o",
+                    tmp_path / "m")  # fmt: skip
+    assert result.exit_code == 1
+    (line,) = error_lines(result.output)
+    assert "Did you mean --control control?" in line, line
+    assert "control_group" not in result.output
+
+
+def test_the_readmes_control_label_needs_no_flag(other_files, tmp_path):
+    result = invoke(
+        "train", other_files["control"], "--normalize", "--max-epochs", "1", "--no-progress",
+        "-o", tmp_path / "m",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Control label: 'control'" in result.output
+    # the trained model's seed and calibration, in plain language
+    assert "Seed: 0 (scvi.settings.seed at training" in result.output
+    assert "Calibration" in result.output
+
+
+def test_evaluate_scores_the_baselines_on_the_same_cells(held_out, tmp_path):
+    import scanpy as sc
+
+    from scdoloris.metrics import e_distance
+
+    folder = held_out["dir"]
+    args = ("evaluate", folder / "pred.h5ad", folder / "real.h5ad", "--controls-file",
+            folder / "controls.h5ad", "--normalize", "-o", tmp_path / "m.csv")  # fmt: skip
+    result = invoke(*args, "--train-file", folder / "train.h5ad")
+    assert result.exit_code == 0, result.output
+    assert "Baselines on the same input cells as the prediction" in result.output
+    table = pd.read_csv(tmp_path / "m.csv")
+    assert set(table["method"]) == {"prediction", "NoChange", "MeanShift", "Additive"}
+    for method in ("prediction", "NoChange", "MeanShift", "Additive"):
+        assert method in result.output
+    # every method predicted the same input cells
+    assert (table["n_pred"] == held_out["n_used"]).all()
+    # NoChange is the input cells themselves
+    pred, controls, real = (ad.read_h5ad(folder / f) for f in ("pred.h5ad", "controls.h5ad",
+                                                             "real.h5ad"))  # fmt: skip
+    for cells in (controls, real):
+        sc.pp.normalize_total(cells)
+        sc.pp.log1p(cells)
+    starts = controls[pred.obs["control_cell"].astype(str).unique(), pred.var_names]
+    row = table[(table["method"] == "NoChange") & (table["gene_set"] == "all")]
+    value = row.loc[row["metric"] == "e_distance", "value"].item()
+    expected = e_distance(starts.X.toarray(), real[:, pred.var_names].X.toarray())
+    assert value == pytest.approx(expected, rel=1e-6)
+    # without the training cells: NoChange only, and the option that adds the others
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert set(pd.read_csv(tmp_path / "m.csv")["method"]) == {"prediction", "NoChange"}
+    assert "pass --train-file FILE" in result.output
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_help_is_readable_when_piped(command):
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "TERMINAL_WIDTH")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "scdoloris", command, "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "--perturbation-key" in proc.stdout and "…" not in proc.stdout, proc.stdout

@@ -21,7 +21,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = ROOT / "tutorials"
 DOCS = ROOT / "docs" / "tutorials"
-DATA_DIR = ROOT.parent / "shared" / "data"
 PROTOCOL_OF = {
     "01_norman_gene_pairs": "norman",
     "02_papalexi_unseen_knockouts": "papalexi",
@@ -164,7 +163,7 @@ def _protocols():
 
 
 @pytest.mark.parametrize("name", sorted(PROTOCOL_OF))
-def test_split_is_the_benchmarks(name):
+def test_split_is_the_benchmarks(name, real_data):
     """The notebook's cell tagged "split" gives the cells of its benchmark protocol."""
     protocols = _protocols()
     protocol = PROTOCOL_OF[name]
@@ -173,15 +172,14 @@ def test_split_is_the_benchmarks(name):
         "papalexi": protocols.PAPALEXI_FILE,
         "kang": protocols.KANG_FILE,
     }[protocol]
-    if not (DATA_DIR / file).exists():
-        pytest.skip(f"{file} not found in {DATA_DIR} (the shared data folder is absent)")
+    data_dir = real_data(file).parent
     split_cells = [c for c in _code_cells(_read(name)) if "split" in c["metadata"].get("tags", [])]
     assert len(split_cells) == 1, f"{name}: expected one code cell tagged 'split'"
     import pandas as pd
 
-    namespace = {"adata": protocols.read_log_normalised(file, DATA_DIR), "np": np, "pd": pd}
+    namespace = {"adata": protocols.read_log_normalised(file, data_dir), "np": np, "pd": pd}
     exec(compile(_source(split_cells[0]), f"{name}:split", "exec"), namespace)
-    expected = protocols.PROTOCOLS[protocol](DATA_DIR)
+    expected = protocols.PROTOCOLS[protocol](data_dir)
     for part in ("train", "controls", "real"):
         got = list(namespace[part].obs_names)
         assert got == list(getattr(expected, part).obs_names), f"{name}: {part} differs"

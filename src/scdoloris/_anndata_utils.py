@@ -7,6 +7,7 @@ same matrix and returns the same AnnData layout.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Sequence
 
 import anndata as ad
@@ -112,17 +113,104 @@ def check_unique_var_names(adata: ad.AnnData, what: str = "adata") -> None:
 
 
 def _check_genes(adata: ad.AnnData, genes: Sequence[str], what: str) -> pd.Index:
-    """``genes`` as an Index; a ValueError naming duplicated var_names or missing genes."""
+    """``genes`` as an Index; a ValueError naming duplicated var_names or missing genes (and,
+    when the two sides look like different kinds of identifiers, which: :func:`gene_id_hint`)."""
     genes = pd.Index(genes)
     check_unique_var_names(adata, what)
     missing = genes.difference(adata.var_names)
     if len(missing) > 0:
         raise ValueError(
             f"{what} lacks {len(missing)} of the model's {len(genes)} genes, e.g. "
-            f"{missing[:10].tolist()}. Predict from cells measured on the training genes "
-            "(subset or reindex the input to the model's var_names)."
+            f"{missing[:10].tolist()}. "
+            + (
+                gene_id_hint(genes, adata, what)
+                or "Predict from cells measured on the training genes (subset or reindex the "
+                "input to the model's var_names)."
+            )
         )
     return genes
+
+
+# Ensembl stable gene IDs: ENSG (human), ENSMUSG (mouse), ENS<species>G for other species
+_ENSEMBL = re.compile(r"^ENS([A-Z]{0,6})G\d{6,}(\.\d+)?$")
+_ENSEMBL_SPECIES = {"": "human", "MUS": "mouse"}
+
+
+def identifier_kind(names: Sequence[str]) -> str:
+    """What most of ``names`` look like: ``"human Ensembl IDs"``, ``"mouse Ensembl IDs"``,
+    ``"Ensembl IDs"`` (another species), ``"gene symbols"`` or ``"unknown"`` (mixed, numbers).
+
+    Examples
+    --------
+    >>> identifier_kind(["ENSG00000102145", "ENSG00000105610.6"])
+    'human Ensembl IDs'
+    >>> identifier_kind(["ENSMUSG00000031162"])
+    'mouse Ensembl IDs'
+    >>> identifier_kind(["GATA1", "KLF1", "HBG2"])
+    'gene symbols'
+    """
+    names = [str(n) for n in names[:500]]
+    if not names:
+        return "unknown"
+    ensembl = [_ENSEMBL.match(n) for n in names]
+    if sum(m is not None for m in ensembl) >= 0.8 * len(names):
+        species = {m.group(1) for m in ensembl if m is not None}
+        if len(species) == 1:
+            kind = _ENSEMBL_SPECIES.get(species.pop())
+            return f"{kind} Ensembl IDs" if kind else "Ensembl IDs"
+        return "Ensembl IDs"
+    symbol = re.compile(r"^[A-Za-z][A-Za-z0-9\-\.]*$")
+    if sum(bool(symbol.match(n)) for n in names) >= 0.8 * len(names):
+        return "gene symbols"
+    return "unknown"
+
+
+def gene_id_hint(genes: Sequence[str], adata: ad.AnnData, what: str = "adata") -> str:
+    """A sentence for a gene mismatch: whether the model's genes and ``adata.var_names`` look
+    like different kinds of identifiers (Ensembl IDs against gene symbols, human against mouse)
+    and, when a column of ``adata.var`` holds the model's genes, how to use it; ``""`` if
+    neither.
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np, pandas as pd
+    >>> var = pd.DataFrame({"symbol": ["GATA1", "KLF1"]}, index=["ENSG00000102145",
+    ...                                                         "ENSG00000105610"])
+    >>> adata = ad.AnnData(np.zeros((1, 2), dtype=np.float32), var=var)
+    >>> gene_id_hint(["GATA1", "KLF1"], adata)  # doctest: +NORMALIZE_WHITESPACE
+    "The model's genes look like gene symbols (e.g. 'GATA1') and adata.var_names like human
+    Ensembl IDs (e.g. 'ENSG00000102145'). adata.var['symbol'] holds the model's genes: set
+    adata.var_names = adata.var['symbol'] (then adata.var_names_make_unique())."
+    """
+    genes = pd.Index(genes).astype(str)
+    names = pd.Index(adata.var_names).astype(str)
+    ours, theirs = identifier_kind(list(genes)), identifier_kind(list(names))
+    sentences = []
+    if "unknown" not in (ours, theirs) and ours != theirs:
+        sentences.append(
+            f"The model's genes look like {ours} (e.g. {genes[0]!r}) and {what}.var_names like "
+            f"{theirs} (e.g. {names[0]!r})."
+        )
+    best, covered = None, 0.0
+    for column in adata.var.columns:
+        values = adata.var[column]
+        if not (values.dtype == object or isinstance(values.dtype, pd.CategoricalDtype)):
+            continue
+        share = float(genes.isin(values.astype(str)).mean()) if len(genes) else 0.0
+        if share > covered:
+            best, covered = column, share
+    if best is not None and covered >= 0.5 and covered > float(genes.isin(names).mean()):
+        sentences.append(
+            f"{what}.var[{best!r}] holds {'the' if covered == 1 else f'{covered:.0%} of the'} "
+            f"model's genes: set {what}.var_names = {what}.var[{best!r}] (then "
+            f"{what}.var_names_make_unique())."
+        )
+    elif sentences:
+        sentences.append(
+            f"Map {what}'s genes to the model's kind of identifier (e.g. with the gene table of "
+            "your reference annotation) before predicting."
+        )
+    return " ".join(sentences)
 
 
 def align_genes(

@@ -8,6 +8,10 @@ printed as one red ``Error: ...`` line with exit code 1, without a traceback; us
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -31,8 +35,28 @@ if TYPE_CHECKING:
 
 __all__ = ["app"]
 
-console = Console()
-err_console = Console(stderr=True)
+#: Width of help and tables when the output is not a terminal (piped, redirected): rich's
+#: default, 80 columns, cuts long option names ("--perturbation-…") in the help.
+PIPED_WIDTH = 100
+
+
+def _piped_width(stream) -> int | None:
+    """:data:`PIPED_WIDTH` when ``stream`` is not a terminal and no width is set
+    (``COLUMNS``, ``TERMINAL_WIDTH``); else None (rich's own choice)."""
+    if os.environ.get("COLUMNS") or os.environ.get("TERMINAL_WIDTH"):
+        return None
+    try:
+        return None if stream.isatty() else PIPED_WIDTH
+    except (AttributeError, ValueError):  # a closed or odd stream
+        return PIPED_WIDTH
+
+
+console = Console(width=_piped_width(sys.stdout))
+err_console = Console(stderr=True, width=_piped_width(sys.stderr))
+if _piped_width(sys.stdout) is not None:
+    import typer.rich_utils
+
+    typer.rich_utils.MAX_WIDTH = PIPED_WIDTH  # --help, piped
 
 
 class _FlagsWithoutType:
@@ -88,6 +112,38 @@ class CLIError(Exception):
     """An error in the user's input, reported as one line without a traceback."""
 
 
+#: How the library's messages name its arguments -> the command line's flags
+_FLAG_WORDS = (
+    (r"control_group=(['\"])(.*?)\1", "--control", True),
+    (r"perturbation_key=(['\"])(.*?)\1", "--perturbation-key", True),
+    (r"cell_type_key=(['\"])(.*?)\1", "--cell-type-key", True),
+    (r"cell_type=(['\"])(.*?)\1", "--cell-type", True),
+    (r"control_group=", "--control LABEL", False),
+    (r"cell_type=\.\.\.", "--cell-type NAME", False),
+    (r"`?layer=`?( naming)", r"--layer NAME\1", False),
+    (r"layer=None to use adata\.X", "no --layer to read X", False),
+    (r"overwrite=True", "--overwrite", False),
+)
+
+
+def cli_words(message: str) -> str:
+    """A library message with its Python arguments written as the command line's flags.
+
+    Examples
+    --------
+    >>> cli_words("No control cells. Did you mean control_group='control'?")
+    'No control cells. Did you mean --control control?'
+    >>> cli_words("perturbation_key='guide' is not a column; pass cell_type=... or ...")
+    '--perturbation-key guide is not a column; pass --cell-type NAME or ...'
+    """
+    for pattern, flag, quoted in _FLAG_WORDS:
+        if quoted:
+            message = re.sub(pattern, lambda m, f=flag: f"{f} {shlex.quote(m.group(2))}", message)
+        else:
+            message = re.sub(pattern, flag, message)
+    return message
+
+
 class Preset(StrEnum):
     """Model presets (see :class:`~scdoloris.DolorisModel`)."""
 
@@ -135,8 +191,10 @@ def _user_errors(inputs: dict[str, str] | None = None) -> Iterator[None]:
             "--normalize to log-normalise a copy first, or --layer NAME to read a "
             "log-normalised layer."
         )
-    except (CLIError, *USER_ERRORS) as error:
+    except CLIError as error:
         _fail(_message(error))
+    except USER_ERRORS as error:
+        _fail(cli_words(_message(error)))
 
 
 @contextmanager
@@ -176,23 +234,88 @@ def _read_h5ad(path: Path, what: str) -> ad.AnnData:
         raise CLIError(f"Cannot read {what} {str(path)!r} as an .h5ad file ({error}).") from None
 
 
-def _normalize(adata: ad.AnnData, layer: str | None, what: str) -> None:
-    """``normalize_total`` then ``log1p`` in place (on the copy read from disk)."""
+def _normalize(adata: ad.AnnData, layer: str | None, where: str) -> None:
+    """``normalize_total`` then ``log1p`` in place (on the copy read from disk).
+
+    ``where`` names the file (and layer) in messages. Values that look log-normalised already
+    (not integers, all below the raw-count threshold of 30) are refused: normalising them
+    again would distort them silently. Other non-integer values (ambient-corrected counts,
+    say) are normalised, with a warning.
+    """
     import numpy as np
     import scanpy as sc
     from scipy import sparse
 
+    from ._anndata_utils import RAW_COUNT_MAX
+
     if layer is not None and layer not in adata.layers:
-        raise CLIError(f"Layer {layer!r} is not in {what} (layers: {list(adata.layers.keys())}).")
+        raise CLIError(f"Layer {layer!r} is not in {where} (layers: {list(adata.layers.keys())}).")
     X = adata.X if layer is None else adata.layers[layer]
     values = X.data if sparse.issparse(X) else np.asarray(X)
     if values.size and not np.all(np.mod(values, 1) == 0):
+        largest = float(values.max())
+        if largest <= RAW_COUNT_MAX:
+            raise CLIError(
+                f"--normalize: {where} looks log-normalised already (its values are not "
+                f"integers and at most {largest:.3g}); normalising it again would distort it. "
+                "Drop --normalize, or pass --layer NAME naming a layer of raw counts."
+            )
         _warn(
-            f"--normalize: {what} does not hold integer counts; it may already be "
-            "log-normalised (normalising it twice distorts it)."
+            f"--normalize: {where} holds non-integer values (up to {largest:.3g}), not raw "
+            "counts; normalising them as counts."
         )
     sc.pp.normalize_total(adata, layer=layer)
     sc.pp.log1p(adata, layer=layer)
+
+
+def _control_label(
+    adata: ad.AnnData, key: str, given: str | None, where: str
+) -> tuple[str, str | None]:
+    """``--control``, or when it is not given the one usual control label in ``obs[key]``;
+    and a line saying which label was found (None when given)."""
+    from ._anndata_utils import close_matches
+    from .model._setup import COMMON_CONTROL_LABELS
+
+    if given is not None:
+        return given, None
+    if key not in adata.obs:
+        columns = [str(c) for c in adata.obs.columns]
+        hits = close_matches(key, columns)
+        hint = f"Did you mean --perturbation-key {shlex.quote(hits[0])}?" if hits else ""
+        raise CLIError(
+            f"{where} has no obs column {key!r} (columns: {columns}). "
+            + (hint or "Pass --perturbation-key COLUMN.")
+        )
+    values = [str(v) for v in adata.obs[key].astype(str).unique()]
+    usual = {label.lower() for label in COMMON_CONTROL_LABELS}
+    found = sorted(v for v in values if v.lower() in usual)
+    if len(found) == 1:
+        n = int((adata.obs[key].astype(str) == found[0]).sum())
+        return found[0], (
+            f"Control label: {found[0]!r} ({n} cells of {where}; pass --control to choose another)."
+        )
+    if found:
+        raise CLIError(
+            f"{where} has several usual control labels in obs[{key!r}] ({found}); pass "
+            f"--control {shlex.quote(found[0])} (or another)."
+        )
+    raise CLIError(
+        f"{where} has none of the usual control labels ({', '.join(COMMON_CONTROL_LABELS)}) "
+        f"in obs[{key!r}] (values: {sorted(values)[:10]}). Pass --control LABEL."
+    )
+
+
+def _scale_advice(message: str, normalized: bool) -> str:
+    """The command line's fix for a warning about the scale of the input (``""`` for others)."""
+    about_scale = ("over the model's genes after expm1", "like raw counts")
+    if not any(words in message for words in about_scale):
+        return ""
+    if normalized:
+        return (
+            " (--normalize was given: CONTROLS and the training file were normalised to "
+            "clearly different totals; check that CONTROLS holds raw counts of the same genes.)"
+        )
+    return " From the command line: give CONTROLS as raw counts and pass --normalize."
 
 
 def _write_h5ad(adata: ad.AnnData, path: Path) -> None:
@@ -238,6 +361,10 @@ def main(
 
 
 PROGRESS = typer.Option("--progress/--no-progress", help="Show progress bars.")
+CONTROL_HELP = (
+    "Label of control cells in the perturbation column. Default: the one of "
+    "ctrl, control, non-targeting, NT, unperturbed, DMSO that is there."
+)
 SEED = typer.Option("--seed", help="Random seed (scvi.settings.seed and the prediction's seed).")
 
 
@@ -246,7 +373,7 @@ SEED = typer.Option("--seed", help="Random seed (scvi.settings.seed and the pred
     cls=_Command,
     epilog=(
         "[bold]Examples[/bold]\n\n"
-        "scdoloris train screen.h5ad -k perturbation --control ctrl -o model/\n\n"
+        "scdoloris train screen.h5ad -k perturbation -o model/   (control label: found)\n\n"
         "scdoloris train counts.h5ad -k guide --control non-targeting --cell-type-key cell_line "
         "--normalize --max-epochs 200 --seed 1 -o model/"
     ),
@@ -267,8 +394,8 @@ def train(
         ),
     ] = "perturbation",
     control: Annotated[
-        str, typer.Option("--control", "-c", help="Label of control cells in that column.")
-    ] = "ctrl",
+        str | None, typer.Option("--control", "-c", help=CONTROL_HELP, show_default=False)
+    ] = None,
     cell_type_key: Annotated[
         str | None,
         typer.Option(help="obs column with cell types (every type needs control cells)."),
@@ -306,8 +433,11 @@ def train(
         from .model import DolorisModel
         from .model._doloris import EXIT_SIGTERM
 
+        control, found = _control_label(adata, perturbation_key, control, f"{str(data)!r}")
+        if found:
+            _info(found)
         if normalize:
-            _normalize(adata, layer, "the data")
+            _normalize(adata, layer, where)
         _seed(seed)
         DolorisModel.setup_anndata(
             adata,
@@ -341,6 +471,7 @@ def train(
         f"Trained on {adata.n_obs} cells x {adata.n_vars} genes in {elapsed:.0f} s{final}. "
         f"Saved the model to {output}/"
     )
+    _info(model.validation_summary())
 
 
 # ---------------------------------------------------------------------------- predict
@@ -425,18 +556,22 @@ def predict(
                 _info(f"Using the {int(is_control.sum())} control cells ({key} == {label!r}).")
                 adata = adata[is_control].copy()
         if normalize:
-            _normalize(adata, layer, "the controls")
+            _normalize(adata, layer, _where(controls, layer))
         _seed(seed)
-        pred = model.predict(
-            adata,
-            perturbation,
-            cell_type=cell_type,
-            n_steps=n_steps,
-            batch_size=batch_size,
-            seed=seed,
-            layer="setup" if layer is None else layer,
-            progress_bar=progress,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            pred = model.predict(
+                adata,
+                perturbation,
+                cell_type=cell_type,
+                n_steps=n_steps,
+                batch_size=batch_size,
+                seed=seed,
+                layer="setup" if layer is None else layer,
+                progress_bar=progress,
+            )
+        for message in dict.fromkeys(str(w.message) for w in caught if w.category is UserWarning):
+            _warn(cli_words(message) + _scale_advice(message, normalize))
         _write_h5ad(pred, output)
     names = pred.uns["scdoloris"]["perturbations"]
     _info(
@@ -456,9 +591,16 @@ HIGHER_IS_BETTER = {"pearson_delta"}  # the others are distances and errors: low
 
 
 def _metrics_table(table: pd.DataFrame, gene_set: str, title: str) -> Table:
+    """Conditions (and, with baselines, methods) x metrics; per condition and metric the best
+    method in green."""
     rows = table[table["gene_set"] == gene_set]
-    wide = rows.pivot_table(index="condition", columns="metric", values="value", sort=False)
-    counts = rows.drop_duplicates("condition").set_index("condition")[["n_pred", "n_real"]]
+    if "method" not in rows:
+        rows = rows.assign(method="prediction")
+    methods = list(dict.fromkeys(rows["method"]))
+    wide = rows.pivot_table(
+        index=["condition", "method"], columns="metric", values="value", sort=False
+    )
+    counts = rows.drop_duplicates(["condition", "method"]).set_index(["condition", "method"])
     metrics = [m for m in METRIC_NAMES if m in wide.columns]
     lower = [METRIC_NAMES[m] for m in metrics if m not in HIGHER_IS_BETTER]
     higher = [METRIC_NAMES[m] for m in metrics if m in HIGHER_IS_BETTER]
@@ -467,27 +609,68 @@ def _metrics_table(table: pd.DataFrame, gene_set: str, title: str) -> Table:
         for text in (
             f"↓ lower is better: {', '.join(lower)}" if lower else "",
             f"↑ higher is better: {', '.join(higher)}" if higher else "",
+            "green: the best method of the condition" if len(methods) > 1 else "",
         )
         if text
     )
     out = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     out.add_column("condition", style="bold")
+    if len(methods) > 1:
+        out.add_column("method")
     for m in metrics:
         out.add_column(
             f"{METRIC_NAMES[m]} {'↑' if m in HIGHER_IS_BETTER else '↓'}", justify="right"
         )
     out.add_column("cells (pred / real)", justify="right")
-    for cond, row in wide.iterrows():
-        n = counts.loc[cond]
-        out.add_row(
-            str(cond),
-            *[_fmt(float(row[m])) for m in metrics],
-            f"{int(n['n_pred'])} / {int(n['n_real'])}",
-        )
-    if len(wide) > 1:
+    conditions = list(dict.fromkeys(c for c, _ in wide.index))
+    for i, cond in enumerate(conditions):
+        block = wide.loc[cond]
+        best = {
+            m: (block[m].idxmax() if m in HIGHER_IS_BETTER else block[m].idxmin())
+            for m in metrics
+            if block[m].notna().any()
+        }
+        if i and len(methods) > 1:
+            out.add_section()
+        for method, row in block.iterrows():
+            n = counts.loc[(cond, method)]
+            cells = [
+                f"[green]{_fmt(float(row[m]))}[/green]"
+                if len(block) > 1 and best.get(m) == method
+                else _fmt(float(row[m]))
+                for m in metrics
+            ]
+            label = [escape(str(method))] if len(methods) > 1 else []
+            out.add_row(
+                escape(str(cond)), *label, *cells, f"{int(n['n_pred'])} / {int(n['n_real'])}"
+            )
+    # the mean over every condition, for the methods that scored them all (Additive scores
+    # combinations only: a mean over fewer conditions would not compare)
+    complete = [
+        method
+        for method in methods
+        if len(wide.xs(method, level="method").dropna(how="all")) == len(conditions)
+    ]
+    if len(conditions) > 1 and complete:
         out.add_section()
-        out.add_row("mean", *[_fmt(float(wide[m].mean())) for m in metrics], "", style="bold")
+        means = wide.groupby(level="method", sort=False).mean().loc[complete]
+        for method, row in means.iterrows():
+            label = [escape(str(method))] if len(methods) > 1 else []
+            out.add_row("mean", *label, *[_fmt(float(row[m])) for m in metrics], "", style="bold")
     return out
+
+
+def _starting_cells(pred: ad.AnnData, source: ad.AnnData | None) -> ad.AnnData | None:
+    """The cells of ``source`` the predictions started from (``obs["control_cell"]``), in
+    their first order; None when ``source`` lacks some of them (or there is no record)."""
+    import pandas as pd
+
+    if source is None or "control_cell" not in pred.obs:
+        return None
+    names = pd.unique(pred.obs["control_cell"].astype(str).to_numpy())
+    if not len(names) or not pd.Index(names).isin(source.obs_names).all():
+        return None
+    return source[names].copy()
 
 
 def _controls(
@@ -497,26 +680,25 @@ def _controls(
     controls: ad.AnnData | None,
     controls_path: Path | None,
     key: str,
-    label: str,
+    label: str | None,
 ) -> tuple[ad.AnnData, str]:
     """The control cells the changes are measured from, and a line saying which they are.
 
     From ``--controls-file``: the cells the predictions started from (``obs["control_cell"]``)
-    when it has them all, else its cells labelled ``label``, else all its cells. Without it:
-    the cells of REAL labelled ``label``.
+    when it has them all, else its cells labelled ``label`` (found when None), else all its
+    cells. Without it: the cells of REAL labelled ``label`` (found when None).
     """
-    import pandas as pd
-
     if controls is not None:
         where = f"{str(controls_path)!r}"
-        if "control_cell" in pred.obs:
-            names = pd.unique(pred.obs["control_cell"].astype(str).to_numpy())
-            if len(names) and pd.Index(names).isin(controls.obs_names).all():
-                return controls[names].copy(), (
-                    f"Controls: the {len(names)} cells of {where} the predictions started from "
-                    "(their obs['control_cell'])."
-                )
+        started = _starting_cells(pred, controls)
+        if started is not None:
+            line = (
+                f"Controls: the {started.n_obs} cells of {where} the predictions started from "
+                "(their obs['control_cell'])."
+            )
+            return started, line
         if key in controls.obs:
+            label, _ = _control_label(controls, key, label, where)
             is_control = (controls.obs[key].astype(str) == label).to_numpy()
             if not is_control.any():
                 values = sorted(controls.obs[key].astype(str).unique())
@@ -524,9 +706,8 @@ def _controls(
                     f"{where} has neither the cells the predictions started from nor control "
                     f"cells ({key} == {label!r}; values: {values[:10]}). Pass --control LABEL."
                 )
-            return controls[is_control].copy(), (
-                f"Controls: the {int(is_control.sum())} cells of {where} labelled {label!r}."
-            )
+            line = f"Controls: the {int(is_control.sum())} cells of {where} labelled {label!r}."
+            return controls[is_control].copy(), line
         return controls, f"Controls: all {controls.n_obs} cells of {where}."
     where = f"{str(real_path)!r}"
     file_hint = (
@@ -538,6 +719,14 @@ def _controls(
             f"{where} has no obs column {key!r} to find control cells in (columns: "
             f"{list(real.obs.columns)}). {file_hint}, or --perturbation-key."
         )
+    if label is None:
+        try:
+            label, _ = _control_label(real, key, None, where)
+        except CLIError:
+            raise CLIError(
+                f"{where} has no control cells (none of the usual control labels in "
+                f"obs[{key!r}]). {file_hint}, or --control LABEL."
+            ) from None
     is_control = (real.obs[key].astype(str) == label).to_numpy()
     if not is_control.any():
         values = sorted(real.obs[key].astype(str).unique())
@@ -545,18 +734,130 @@ def _controls(
             f"{where} has no control cells ({key} == {label!r}; values: {values[:10]}). "
             f"{file_hint}, or --control LABEL."
         )
-    return real[is_control].copy(), (
-        f"Controls: the {int(is_control.sum())} cells of {where} labelled {label!r}."
+    line = f"Controls: the {int(is_control.sum())} cells of {where} labelled {label!r}."
+    return real[is_control].copy(), line
+
+
+def _baseline_predictions(
+    pred: ad.AnnData,
+    pred_key: str,
+    starts: ad.AnnData,
+    same_cells: bool,
+    train: ad.AnnData | None,
+    train_where: str,
+    key: str,
+    label: str,
+    cell_type_key: str | None,
+    layer: str | None,
+) -> tuple[dict[str, ad.AnnData], list[str]]:
+    """Each baseline's prediction of the predicted conditions from the same input cells, and
+    lines saying what was computed.
+
+    NoChange always (the input cells themselves); MeanShift and Additive from the training
+    cells of ``--train-file``: per condition and cell type of ``pred``, from the cells each
+    prediction started from (``obs["control_cell"]``), or from all of ``starts`` when those
+    are not known.
+    """
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    from ._perturbation import parse_perturbation
+    from .baselines import Additive, MeanShift, NoChange
+
+    conditions = pred.obs[pred_key].astype(str).to_numpy()
+    has_types = "cell_type" in pred.obs
+    types = pred.obs["cell_type"].astype(str).to_numpy() if has_types else None
+    genes = pred.var_names  # the baselines predict the prediction's genes
+    fitted = {}
+    fit_on = ad.AnnData(
+        X=starts[:, genes].X if layer is None else starts[:, genes].layers[layer],
+        obs=pd.DataFrame({"_label": label}, index=starts.obs_names),
+        var=pd.DataFrame(index=genes),
     )
+    fitted["NoChange"] = NoChange().fit(fit_on, "_label", control_group=label)
+    notes = []
+    if train is not None:
+        missing = genes.difference(train.var_names)
+        if len(missing):
+            raise CLIError(
+                f"{train_where} lacks {len(missing)} of the predicted genes, e.g. "
+                f"{missing[:5].tolist()}; pass the training file of the model."
+            )
+        train = train[:, genes]
+        for cls in (MeanShift, Additive):
+            fitted[cls.name] = cls().fit(
+                train, key, control_group=label, cell_type_key=cell_type_key, layer=layer
+            )
+    out: dict[str, list[ad.AnnData]] = {name: [] for name in fitted}
+    skipped: dict[str, list[str]] = {}
+    pooled: list[str] = []
+    groups = pd.DataFrame({"condition": conditions, "type": types if has_types else ""})
+    for (condition, ct), rows in groups.groupby(["condition", "type"], sort=False).groups.items():
+        rows = np.asarray(rows)
+        if same_cells:
+            cells = starts[pred.obs["control_cell"].astype(str).to_numpy()[rows]]
+        else:
+            cells = starts
+        for name, baseline in fitted.items():
+            if name == "Additive" and len(parse_perturbation(condition, label)) < 2:
+                continue  # a single perturbation's additive prediction is its mean shift
+            kwargs = {}
+            if name != "NoChange" and cell_type_key is not None and ct in baseline.cell_types_:
+                kwargs["cell_type"] = ct
+            source = cells if name != "NoChange" else fit_on[cells.obs_names]
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    block = baseline.predict(
+                        source, condition, layer=None if name == "NoChange" else layer, **kwargs
+                    )
+            except ValueError:
+                skipped.setdefault(name, []).append(condition)
+                continue
+            if name == "MeanShift" and any("not in the training" in str(w.message) for w in caught):
+                pooled.append(condition)
+            block.obs[pred_key] = condition
+            out[name].append(block)
+    predictions = {
+        name: ad.concat(blocks, index_unique="-") for name, blocks in out.items() if blocks
+    }
+    inputs = (
+        "the same input cells as the prediction (its obs['control_cell'])"
+        if same_cells
+        else "the control cells above (the cells the predictions started from were not found)"
+    )
+    notes.append(f"Baselines on {inputs}: {', '.join(predictions)}.")
+    if train is None:
+        notes.append(
+            "MeanShift and Additive need the training cells: pass --train-file FILE (the "
+            "training .h5ad) to compute them."
+        )
+    else:
+        notes.append(
+            f"MeanShift and Additive (combinations only): the changes measured in {train_where}."
+        )
+        if pooled:
+            notes.append(
+                f"MeanShift of {', '.join(sorted(set(pooled)))} (not in the training file): "
+                "the mean change of all perturbed training cells."
+            )
+        for name, names in skipped.items():
+            notes.append(
+                f"{name} not computed for {', '.join(sorted(set(names)))} (it needs every "
+                "single perturbation of a combination in the training file)."
+            )
+    return predictions, notes
 
 
 @app.command(
     cls=_Command,
     epilog=(
         "[bold]Examples[/bold]\n\n"
-        "scdoloris evaluate pred.h5ad screen.h5ad -o metrics.csv   (controls: cells of "
-        "screen.h5ad labelled ctrl)\n\n"
-        "scdoloris evaluate pred.h5ad real.h5ad --controls-file controls.h5ad -o metrics.csv\n\n"
+        "scdoloris evaluate pred.h5ad screen.h5ad -o metrics.csv   (controls: the cells of "
+        "screen.h5ad the predictions started from)\n\n"
+        "scdoloris evaluate pred.h5ad real.h5ad --controls-file controls.h5ad --train-file "
+        "train.h5ad -o metrics.csv   (with the MeanShift and Additive baselines)\n\n"
         "scdoloris evaluate pred.h5ad real.h5ad --controls-file train.h5ad -k guide "
         "--control non-targeting --de-top 20 --de-top 50 -o metrics.csv"
     ),
@@ -578,18 +879,35 @@ def evaluate(
                 "Control cells (.h5ad) the changes are measured from: the cells the predictions "
                 "started from (their obs['control_cell']) if the file has them all, e.g. the "
                 "controls given to `predict` or the training file; else its cells labelled "
-                "--control; else all its cells. Default: the control cells of REAL."
+                "--control; else all its cells. Default: the cells of REAL the predictions "
+                "started from, else its control cells."
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    train_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--train-file",
+            help=(
+                "Training cells (.h5ad, controls and perturbed): adds the MeanShift and "
+                "Additive baselines, predicted from the same input cells. NoChange is always "
+                "scored."
             ),
             show_default=False,
         ),
     ] = None,
     control: Annotated[
-        str, typer.Option("--control", "-c", help="Label of control cells.")
-    ] = "ctrl",
+        str | None, typer.Option("--control", "-c", help=CONTROL_HELP, show_default=False)
+    ] = None,
     perturbation_key: Annotated[
         str,
         typer.Option("--perturbation-key", "-k", help="obs column naming the perturbation."),
     ] = "perturbation",
+    cell_type_key: Annotated[
+        str | None,
+        typer.Option(help="obs column with cell types of --train-file, for its baselines."),
+    ] = None,
     layer: Annotated[
         str | None, typer.Option(help="Layer of REAL and the controls (default: X).")
     ] = None,
@@ -602,39 +920,77 @@ def evaluate(
     normalize: Annotated[
         bool,
         typer.Option(
-            "--normalize", help="Run normalize_total and log1p on REAL and the controls first."
+            "--normalize",
+            help="Run normalize_total and log1p on REAL, the controls and --train-file first.",
         ),
     ] = False,
 ) -> None:
-    """Score predictions against real cells (E-distance, EMD, RMSE: lower is better; Pearson
-    delta: higher is better)."""
+    """Score predictions against real cells, beside the baselines on the same input cells
+    (E-distance, EMD, RMSE: lower is better; Pearson delta: higher is better)."""
     inputs = {"real": _where(real, layer), "control": _where(controls_file or real, layer)}
     with _user_errors(inputs):
         p = _read_h5ad(pred, "Predictions file")
         r = _read_h5ad(real, "Real-cells file")
         c = _read_h5ad(controls_file, "Controls file") if controls_file is not None else None
+        t = _read_h5ad(train_file, "Training file") if train_file is not None else None
+        import pandas as pd
+
         from .metrics import evaluate as evaluate_
 
         if "predicted" in p.obs and p.obs["predicted"].dtype == bool:
             p = p[p.obs["predicted"].to_numpy()].copy()  # predict(include_controls=True)
         if normalize:
-            _normalize(r, layer, "the real cells")
+            _normalize(r, layer, _where(real, layer))
             if c is not None:
-                _normalize(c, layer, "the controls")
+                _normalize(c, layer, _where(controls_file, layer))
+            if t is not None:
+                _normalize(t, layer, _where(train_file, layer))
+        starts = _starting_cells(p, c) if c is not None else None
+        starts = _starting_cells(p, r) if starts is None else starts
         c, which = _controls(p, r, real, c, controls_file, perturbation_key, control)
+        found = None
+        if t is not None:
+            control, found = _control_label(t, perturbation_key, control, f"{str(train_file)!r}")
+        elif control is None:
+            control = "ctrl"  # only names the control in perturbation labels
+            for cells in (c, r):
+                try:
+                    control = _control_label(cells, perturbation_key, None, "")[0]
+                    break
+                except CLIError:
+                    continue
         pred_key = perturbation_key if perturbation_key in p.obs else "perturbation"
-        table = evaluate_(
+        scoring = {
+            "de_top": (20, 40) if not de_top else de_top,
+            "groupby": perturbation_key,
+            "layer": layer,
+            "control_group": control,
+        }
+        table = evaluate_(p, r, c, pred_groupby=pred_key, **scoring)
+        tables = [table.assign(method="prediction")]
+        baselines, notes = _baseline_predictions(
             p,
-            r,
-            c,
-            de_top=(20, 40) if not de_top else de_top,
-            groupby=perturbation_key,
-            layer=layer,
-            pred_groupby=pred_key,
-            control_group=control,
+            pred_key,
+            c if starts is None else starts,
+            starts is not None,
+            t,
+            f"{str(train_file)!r}",
+            perturbation_key,
+            control,
+            cell_type_key,
+            layer,
         )
+        for name, baseline in baselines.items():
+            scored = evaluate_(baseline, r, c, pred_groupby=pred_key, pred_layer=None, **scoring)
+            tables.append(scored.assign(method=name))
+        table = pd.concat(tables, ignore_index=True)
+        table = table[["method", *[col for col in table.columns if col != "method"]]]
         _write_csv(table, output)
     _info(which)
+    if found:
+        _info(found)
+    for note in notes:
+        _info(note)
     console.print(_metrics_table(table, "all", "Predicted vs real cells (all genes)"))
     _info(f"{table['condition'].nunique()} condition(s) scored. Wrote {output}")
 

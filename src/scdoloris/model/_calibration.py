@@ -319,7 +319,8 @@ class Calibration:
 
     def expected_error(self, kind: str) -> dict:
         """The inner validation's scores of the choice for ``kind``: mean and sd of E-distance
-        and EMD over its conditions, with the same for no change, and how many conditions."""
+        and EMD over its conditions, with the same for no change, and how many conditions (the
+        sd of one condition is unknown, NaN)."""
         frame = self._frame(kind)
         mine = frame[is_candidate(frame, self.choice(kind))]
         none = frame[_reference(frame, "NoChange")]
@@ -329,7 +330,8 @@ class Calibration:
         }
         for metric in ("e_distance", "emd"):
             out[metric] = float(mine[metric].mean()) if len(mine) else float("nan")
-            out[f"{metric}_sd"] = float(mine[metric].std(ddof=0)) if len(mine) else float("nan")
+            spread = len(mine) > 1 and out["n_conditions"] > 1  # one condition: unknown, not 0
+            out[f"{metric}_sd"] = float(mine[metric].std(ddof=0)) if spread else float("nan")
             out[f"{metric}_no_change"] = float(none[metric].mean()) if len(none) else float("nan")
         return out
 

@@ -24,6 +24,7 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.model.base._save_load import _initialize_model, _load_saved_files
 
 from .. import __version__
+from .._anndata_utils import gene_id_hint
 from .._logging import quiet
 from .._threads import predict_threads, resolve_num_threads, torch_threads
 from ..ablations import ModuleSwitches
@@ -47,7 +48,9 @@ from ._prediction import (
     matched_labels,
 )
 from ._presets import PRESETS, module_options
+from ._scale import SCALE_CELLS, expression_scale, scale_mismatch
 from ._setup import SetupMixin
+from ._trust import TrustMixin
 
 EXIT_SIGTERM = 128 + signal.SIGTERM  # the shell's status of a process stopped by SIGTERM
 #: Optimisation steps of ``train()`` without ``max_epochs``: the shortest length whose inner
@@ -68,6 +71,7 @@ def default_max_epochs(n_train: int, batch_size: int) -> int:
 
 
 class DolorisModel(
+    TrustMixin,
     SetupMixin,
     CalibrationMixin,
     InnerValidationMixin,
@@ -125,13 +129,15 @@ class DolorisModel(
 
     Examples
     --------
-    >>> import scanpy as sc, scdoloris
+    >>> import scanpy as sc, scvi, scdoloris
+    >>> scvi.settings.seed = 0  # recorded by the model: the run can be repeated  # doctest: +SKIP
     >>> adata = scdoloris.datasets.simulate(n_cells=600, n_genes=100, seed=0)  # doctest: +SKIP
     >>> sc.pp.normalize_total(adata); sc.pp.log1p(adata)  # doctest: +SKIP
     >>> scdoloris.DolorisModel.setup_anndata(adata, perturbation_key="perturbation",
     ...                                      cell_type_key="cell_type")  # doctest: +SKIP
     >>> model = scdoloris.DolorisModel(adata)  # doctest: +SKIP
     >>> model.train(max_epochs=5)  # doctest: +SKIP
+    >>> print(model)  # the seed, and how far to trust each kind of prediction  # doctest: +SKIP
     >>> ctrl = adata[adata.obs["perturbation"] == "ctrl"]  # doctest: +SKIP
     >>> pred = model.predict(ctrl, perturbation=["G0001", "G0001+G0002"])  # doctest: +SKIP
     """
@@ -171,9 +177,17 @@ class DolorisModel(
         self.init_params_["non_kwargs"]["gene_graph"] = None
         self.scdoloris_version_ = __version__
         self.file_format_ = FILE_FORMAT
+        # the seed training used (train() records it) and the scale of the training data
+        # (predict() compares its input's with it); None in models saved before they were kept
+        self.seed_: int | None = None
+        self.seed_drawn_ = False
+        self.data_scale_: dict | None = None
         if adata is None:  # DolorisModel.load builds the module from the saved attributes
             self.module = None
             return
+        # before anything draws random numbers (the module's initial weights): a run without a
+        # seed gets one, so that it can be repeated from the seed recorded by train()
+        _settings_seed()
         if gene_embeddings is not None and not isinstance(gene_embeddings, pd.DataFrame):
             raise TypeError(
                 "gene_embeddings must be a pandas DataFrame indexed by gene symbol, got "
@@ -196,7 +210,32 @@ class DolorisModel(
         }
         self.module_kwargs_ = module_options(preset, sizes, share_trunk, shapes, module_kwargs)
         self.module = DolorisModule(**self.module_kwargs_, data=data)
+        self.data_scale_ = self._training_scale()
         self._model_summary_string = self._summary()
+
+    def _training_scale(self) -> dict:
+        """:func:`~._scale.expression_scale` of up to :data:`~._scale.SCALE_CELLS` control
+        cells of the training data, spread evenly (what ``predict``'s input is compared with)."""
+        from .._constants import REGISTRY_KEYS
+        from .._perturbation import control_rows
+        from ._data import _read_rows
+
+        rows = np.flatnonzero(control_rows(self._registered_tokens()))
+        if len(rows) > SCALE_CELLS:
+            rows = np.unique(rows[np.linspace(0, len(rows) - 1, SCALE_CELLS).astype(int)])
+        X = _read_rows(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY), rows)
+        X = X.toarray() if hasattr(X, "toarray") else np.asarray(X)
+        return expression_scale(X)
+
+    def _warn_if_other_scale(self, X) -> None:
+        """Warn when the scale of ``predict``'s input (its first cells, ``AlignedRows``)
+        clearly differs from the training data's (:func:`~._scale.scale_mismatch`)."""
+        training = getattr(self, "data_scale_", None)
+        if not training:
+            return
+        message = scale_mismatch(training, expression_scale(X[0 : min(X.shape[0], SCALE_CELLS)]))
+        if message is not None:
+            warnings.warn(message, UserWarning, stacklevel=4)
 
     def _summary(self) -> str:
         """The model's summary (``print(model)``), from its saved state: the same after load."""
@@ -239,6 +278,11 @@ class DolorisModel(
         (seen, transfer to another cell type, new combination of seen tokens, unseen token)
         it chooses the baseline and the weight of the model's prediction that :meth:`predict`
         uses by default (see :attr:`validation`). It about doubles the training time.
+
+        The run is reproducible from ``scvi.settings.seed``, which the model records
+        (``seed_``, saved, shown by ``print(model)``). Set it before creating the model
+        (``scvi.settings.seed = 0``); when it is None, creating the model draws a seed and sets
+        it, so that the run can be repeated from the recorded one.
 
         Parameters
         ----------
@@ -292,6 +336,8 @@ class DolorisModel(
                 "This model has no training data attached. Load it with "
                 "DolorisModel.load(dir, adata=adata) to train further."
             )
+        self.seed_ = _settings_seed()
+        self.seed_drawn_ = self.seed_ in _DRAWN
         n_train = max(1, int(round(self.adata.n_obs * train_size)))
         if max_epochs is None:
             max_epochs = default_max_epochs(n_train, batch_size)
@@ -485,7 +531,10 @@ class DolorisModel(
         -----
         UserWarning
             When the input has the model's perturbation column and some of its cells are not
-            control cells (every input cell is taken as a control cell).
+            control cells (every input cell is taken as a control cell); when the scale of the
+            input clearly differs from the training data's (``data_scale_``): small raw counts,
+            log1p applied twice, normalised but not log-transformed, or another target sum of
+            ``normalize_total`` (more than two-fold), each with its fix.
 
         Examples
         --------
@@ -520,6 +569,7 @@ class DolorisModel(
         self._warn_if_not_controls(adata_ctrl)
         conditions = self._parse_conditions(perturbation, dose, molecule_features, allow_unknown)
         X = self._read_controls(adata_ctrl, layer)
+        self._warn_if_other_scale(X)
         codes, ct_names = self._cell_type_codes(adata_ctrl, cell_type)
         seed = fresh_seed() if seed is None else int(seed)
         switches = self._switches()  # the method's (an ablation's: scdoloris.ablations)
@@ -784,11 +834,31 @@ class DolorisModel(
             genes = model._expression_input(adata).var_names
             missing = pd.Index(model.adata_var_names).difference(genes)
             if len(missing):
+                hint = gene_id_hint(model.adata_var_names, model._expression_input(adata))
                 raise ValueError(
                     f"adata lacks {len(missing)} of the model's genes, e.g. {missing[:5].tolist()}."
+                    + (f" {hint}" if hint else "")
                 )
             model.adata = adata
         return model
+
+
+#: seeds drawn by :func:`_settings_seed` in this session (scvi.settings.seed was None)
+_DRAWN: set[int] = set()
+
+
+def _settings_seed() -> int:
+    """``scvi.settings.seed``; when it is None, a seed drawn at random and set there (which
+    seeds torch, numpy and random), so that the run can be repeated from it."""
+    import scvi
+
+    if scvi.settings.seed is None:
+        seed = fresh_seed() % 1_000_000
+        with quiet():  # Lightning logs "Seed set to ..."
+            scvi.settings.seed = seed
+        _DRAWN.add(seed)
+        return seed
+    return int(scvi.settings.seed)
 
 
 def _trains_on_cpu(accelerator) -> bool:
