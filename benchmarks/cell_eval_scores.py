@@ -93,9 +93,7 @@ def add_scores(table: pd.DataFrame, results: list[dict], task: str, threads: int
             return table
         out_csv = folder / "scores.csv"
         command = [str(VENV_PYTHON), str(RUNNER), str(folder), str(out_csv), "--threads"]
-        done = subprocess.run(
-            [*command, str(threads)], capture_output=True, text=True, check=False
-        )
+        done = subprocess.run([*command, str(threads)], capture_output=True, text=True, check=False)
         if done.returncode != 0:
             print(done.stderr[-4000:], file=sys.stderr)
             raise RuntimeError(f"cell-eval failed on {task} (exit {done.returncode}).")

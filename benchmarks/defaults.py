@@ -41,7 +41,6 @@ from _machine import run_record
 
 from scdoloris.model._calibration import BLENDS, CELL_BLEND, Calibration, is_candidate
 
-
 #: the inner metrics reported: column prefix -> score column
 METRICS = {"E": "e_distance", "EMD": "emd", "DE": "de_overlap"}
 

@@ -91,10 +91,10 @@ def compare(scores: pd.DataFrame) -> pd.DataFrame:
     """Every variant's held-out choices and scores, per inner condition and fold-seed."""
     parts = []
     for tags, frame in scores.groupby(KEY):
-        frame = frame.drop(columns=KEY)
+        frame, where = frame.drop(columns=KEY), dict(zip(KEY, tags, strict=True))
         for name, options in VARIANTS.items():
-            parts.append(held_out(frame, options).assign(variant=name, **dict(zip(KEY, tags))))
-        parts.append(model_alone(frame).assign(variant="model alone", **dict(zip(KEY, tags))))
+            parts.append(held_out(frame, options).assign(variant=name, **where))
+        parts.append(model_alone(frame).assign(variant="model alone", **where))
     return pd.concat(parts, ignore_index=True)
 
 

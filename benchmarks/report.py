@@ -248,9 +248,7 @@ def calibration_lines(record: dict) -> list[str]:
         per_seed = []
         for seed, sub in frame.groupby("seed"):
             counts = sub[kind].dropna().value_counts()
-            per_seed.append(
-                f"seed {seed}: " + ", ".join(f"{k} ({n}x)" for k, n in counts.items())
-            )
+            per_seed.append(f"seed {seed}: " + ", ".join(f"{k} ({n}x)" for k, n in counts.items()))
         lines.append(f"- {kind}: " + "; ".join(per_seed))
     return lines
 
@@ -347,8 +345,8 @@ def build(out_dir: Path, info: dict) -> str:
         "own (0 best, 0.5 chance). DE20 found: the share of the real top-20 DE genes "
         "(Wilcoxon against the input cells, as `sc.tl.rank_genes_groups` ranks them) among "
         "the prediction's top 20 (higher is better). Verdicts: Doloris against the best of "
-        "NoChange, MeanShift and Additive on that metric; \"better\" means by more than the "
-        "seed-to-seed sd; against the model alone, \"no worse\" means not worse by more than "
+        'NoChange, MeanShift and Additive on that metric; "better" means by more than the '
+        'seed-to-seed sd; against the model alone, "no worse" means not worse by more than '
         "the seed sd.",
         "",
         *overview(results),

@@ -38,7 +38,7 @@ def _calibration(blend: str = "scaled", extra_baseline: str | None = None) -> Ca
     rows.append(("d", "transfer", "NoChange", 0.0, blend, 0.8, 0.2))
     columns = ["condition", "kind", "baseline", "weight", "blend", "e_distance", "emd"]
     scores = pd.DataFrame(rows, columns=columns)
-    calibration = Calibration.fit(scores)
+    calibration = Calibration.fit(scores, blends=(blend,))
     calibration.choices["new combination"] = ("Additive", 0.75, blend)
     return calibration
 

@@ -135,7 +135,9 @@ class CalibrationMixin:
                 if len(rows):
                     base = None  # only the cell-by-cell blend (an ablation) reads its cells
                     if how == CELL_BLEND:
-                        base = self.baselines_.predict(baseline, x[rows], plan["label"], names[rows])
+                        base = self.baselines_.predict(
+                            baseline, x[rows], plan["label"], names[rows]
+                        )
                     at = sl.start + rows
                     block[at] = blend(block[at], base, weight, scales.get(ct), how, x[rows])
 

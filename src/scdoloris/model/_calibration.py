@@ -318,9 +318,9 @@ class Calibration:
         return frame if len(frame) else self.scores
 
     def expected_error(self, kind: str) -> dict:
-        """The inner validation's scores of the choice for ``kind``: mean and sd of E-distance
-        and EMD over its conditions, with the same for no change, and how many conditions (the
-        sd of one condition is unknown, NaN)."""
+        """The inner validation's scores of the choice for ``kind``: mean and sd of E-distance,
+        EMD and the share of the real top-20 DE genes found over its conditions, with the same
+        for no change, and how many conditions (the sd of one condition is unknown, NaN)."""
         frame = self._frame(kind)
         mine = frame[is_candidate(frame, self.choice(kind))]
         none = frame[_reference(frame, "NoChange")]
@@ -328,7 +328,7 @@ class Calibration:
             "validated_on": self.validated_on.get(kind, "none"),
             "n_conditions": int(mine["condition"].nunique()),
         }
-        for metric in ("e_distance", "emd"):
+        for metric in [m for m in METRICS if m in frame]:
             out[metric] = float(mine[metric].mean()) if len(mine) else float("nan")
             spread = len(mine) > 1 and out["n_conditions"] > 1  # one condition: unknown, not 0
             out[f"{metric}_sd"] = float(mine[metric].std(ddof=0)) if spread else float("nan")
@@ -588,7 +588,9 @@ def blend(
     if scale is None:
         if baseline_mean is None:
             if baseline is None:
-                raise ValueError("blend needs the baseline: pass baseline=, baseline_mean= or scale=")
+                raise ValueError(
+                    "blend needs the baseline: pass baseline=, baseline_mean= or scale="
+                )
             baseline_mean = baseline.mean(axis=0)
         scale = blend_scale(model.mean(axis=0), baseline_mean, weight, shape.mean(axis=0))
     return shape * np.asarray(scale, dtype=shape.dtype)

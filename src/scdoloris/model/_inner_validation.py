@@ -13,9 +13,9 @@ import pandas as pd
 from scipy import sparse
 
 from .._constants import REGISTRY_KEYS
+from .._downstream import _SortedReference, de_overlap, top_de_by_wilcoxon
 from .._perturbation import format_tokens
 from ..baselines import Additive, MeanShift
-from .._downstream import _SortedReference, de_overlap, top_de_by_wilcoxon
 from ..metrics import e_distance, emd
 from ._calibration import (
     BASELINES,

@@ -31,9 +31,9 @@ BASELINE_WORDS = {
 }
 # how the account describes the blends it knows; any other is "the '<name>' blend"
 BLEND_WORDS = {
-    "scaled": "the model's cells scaled to the blended means",
+    "scaled": "the model's cells, each gene moved toward the blended mean, zeros kept",
     "cells": "each cell averaged with its baseline prediction",
-    "input": "the input cells scaled to the blended means",
+    "input": "the input cells, each gene moved toward the blended mean, zeros kept",
 }
 
 
@@ -59,7 +59,7 @@ def mixture_words(baseline: str, weight: float, blend: str) -> str:
     Examples
     --------
     >>> mixture_words("Additive", 0.75, "scaled")
-    "75% model, 25% additive baseline (the model's cells scaled to the blended means)"
+    "75% model, 25% additive baseline (the model's cells, each gene moved toward the blended mean, zeros kept)"
     >>> mixture_words("MeanShift", 1.0, "scaled")
     'the diffusion model alone'
     >>> mixture_words("NoChange", 0.0, "cells")
@@ -69,9 +69,9 @@ def mixture_words(baseline: str, weight: float, blend: str) -> str:
     """
     name = baseline_words(baseline)
     how = BLEND_WORDS.get(blend, f"the {blend!r} blend")
-    if weight >= 1.0 and blend != "input":
+    if weight >= 1.0 and blend == "scaled":
         return "the diffusion model alone"
-    if weight <= 0.0 and blend != "input":
+    if weight <= 0.0 and blend == "cells":
         return "no change (the input cells)" if baseline == "NoChange" else f"the {name} alone"
     return f"{weight:.0%} model, {1 - weight:.0%} {name} ({how})"
 
@@ -104,10 +104,10 @@ def kind_account(kind: str, calibration: Calibration, summary: pd.DataFrame) -> 
     row = summary.loc[kind] if kind in summary.index else None
     comparisons = []
     alone = None if row is None else row.get(f"E {baseline}")
-    if baseline != "NoChange" and alone is not None and not (weight <= 0 and how != "input"):
+    if baseline != "NoChange" and alone is not None and not (weight <= 0 and how == "cells"):
         comparisons.append(f"{_number(float(alone))} for the {baseline_words(baseline)} alone")
     model = None if row is None else row.get("E model")
-    if model is not None and not (weight >= 1 and how != "input"):
+    if model is not None and not (weight >= 1 and how == "scaled"):
         comparisons.append(f"{_number(float(model))} for the model alone")
     none = expected.get("e_distance_no_change")
     comparisons.append(f"{_number(none)} for no change")
@@ -115,10 +115,20 @@ def kind_account(kind: str, calibration: Calibration, summary: pd.DataFrame) -> 
     warning = ""
     if none is not None and mine is not None and math.isfinite(mine) and mine >= none:
         warning = " No better than predicting no change here: check before trusting it."
+    found = expected.get("de_overlap")
+    de = ""
+    if found is not None and math.isfinite(found):
+        model_de = None if row is None else row.get("DE model")
+        versus = (
+            f" (the model alone {float(model_de):.0%})"
+            if model_de is not None and math.isfinite(float(model_de))
+            else ""
+        )
+        de = f" It finds {found:.0%} of the real top-20 DE genes{versus}."
     return (
         f"{kind}: {mixture_words(baseline, weight, how)}; {basis}; expected E-distance "
         f"{_number(mine)} ({_spread(expected.get('e_distance_sd'), n)}) against "
-        f"{', '.join(comparisons)}.{warning}"
+        f"{', '.join(comparisons)}.{de}{warning}"
     )
 
 
