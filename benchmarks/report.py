@@ -182,6 +182,32 @@ def calibration_lines(record: dict) -> list[str]:
     return lines
 
 
+def peer_lines(record: dict) -> list[str]:
+    """Per peer (``run.py --methods cellflow,cpa``): its runs, training seconds per fold and
+    the conditions it could not predict, with the reason."""
+    runs = record.get("peers") or []
+    lines = []
+    for peer in sorted({r["peer"] for r in runs}):
+        mine = [r for r in runs if r["peer"] == peer]
+        train = np.mean([r["train_seconds"] for r in mine])
+        wall = np.mean([r["wall_seconds"] for r in mine])
+        lines.append(
+            f"- {peer}: {len(mine)} runs (fold x seed), training {train:.0f} s per run "
+            f"(runner wall time with prediction and file exchange {wall:.0f} s)"
+        )
+        na = {}
+        for r in mine:
+            for cond, why in r["na"].items():
+                na.setdefault(why, set()).add(cond.rsplit(" (", 1)[0])
+        for why, conds in na.items():
+            lines.append(
+                f"  - n/a for {len(conds)} condition(s) ({', '.join(sorted(conds))}): {why}"
+            )
+    return (
+        (["Peers (each in its own virtual environment, `peers.py`):", ""] + lines) if lines else []
+    )
+
+
 def task_section(name: str, table: pd.DataFrame, record: dict) -> str:
     """One task kind's section of RESULTS.md."""
     out = [f"## {name}", ""]
@@ -200,6 +226,9 @@ def task_section(name: str, table: pd.DataFrame, record: dict) -> str:
         out += ["", f"### {title}", "", markdown_table(summary(sub)), ""]
         out += comparison_lines(sub)
     out += [""] + calibration_lines(record)
+    peer = peer_lines(record)
+    if peer:
+        out += [""] + peer
     return "\n".join(out)
 
 

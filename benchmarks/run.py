@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import peers
 import report
 import scgen
 import tasks
@@ -62,6 +63,9 @@ METHOD_SLUGS = {
     "no_prior": "Doloris no prior",
     "no_mu_sigma": "Doloris no mu/sigma",
     "no_residual": "Doloris no residual",
+    # peers in their own virtual environments (peers.py; make bench-peers), never by default
+    "cellflow": "CellFlow",
+    "cpa": "CPA",
 }
 DEFAULT_METHODS = ("doloris", "uncalibrated", "nochange", "meanshift", "additive", "scgen", "floor")
 
@@ -83,6 +87,7 @@ class Config:
     max_cells: int = tasks.MAX_CELLS
     jobs: int = 1
     command: str = ""
+    peer_steps: int | None = None
 
 
 def _dense(X) -> np.ndarray:
@@ -226,7 +231,7 @@ def run_job(name: str, index: int, seed: int | None, config: Config) -> dict:
     conds = fold.conditions
     reals = {c.name: _dense(fold.real[c.name].X) for c in conds}
     inputs = {(v, c.name): _dense(fold.input_cells(c, v).X) for v in config.views for c in conds}
-    out = {"rows": [], "means": {}, "calibration": None}
+    out = {"rows": [], "means": {}, "calibration": None, "peers": []}
     out["real_means"] = {c: R.mean(0) for c, R in reals.items()}
     methods = set(config.methods)
 
@@ -303,6 +308,31 @@ def run_job(name: str, index: int, seed: int | None, config: Config) -> dict:
                         t0 = time.perf_counter()
                         P = scgen.predict_scgen(model, fold, c, v, seed=seed)
                         record("scGen", c, v, P, train_s, time.perf_counter() - t0)
+        for peer in (p for p in peers.PEERS if p in methods):
+            result = peers.train_predict_peer(
+                peer, fold, config.views, seed, config.threads or 1, config.peer_steps
+            )
+            if result is None:
+                continue
+            for c in conds:
+                for v in config.views:
+                    if (v, c.name) in result["pred"]:
+                        P, train_s, predict_s = result["pred"][(v, c.name)]
+                        record(peer, c, v, P, train_s, predict_s)
+            meta = result["meta"]
+            out["peers"].append(
+                {
+                    "peer": peer,
+                    "task": name,
+                    "fold": fold.index,
+                    "seed": seed,
+                    "train_seconds": meta["train_seconds"],
+                    "wall_seconds": meta["wall_seconds"],
+                    "na": {f"{c} ({v})": why for (v, c), why in result["na"].items()},
+                    "settings": meta.get("settings"),
+                    "versions": meta.get("versions"),
+                }
+            )
     what = "baselines" if seed is None else f"seed {seed}"
     print(
         f"[{name}] fold {fold.index}, {what}: {len(conds)} conditions, "
@@ -330,7 +360,7 @@ def run_task(name: str, config: Config) -> pd.DataFrame:
             results = list(pool.map(run_job, *zip(*jobs, strict=True)))
     else:
         results = [run_job(*job) for job in jobs]
-    rows, means, real_means, calibrations = [], {}, {}, []
+    rows, means, real_means, calibrations, peer_runs = [], {}, {}, [], []
     for r in results:
         rows += r["rows"]
         for key, m in r["means"].items():
@@ -338,6 +368,7 @@ def run_task(name: str, config: Config) -> pd.DataFrame:
         real_means.update(r["real_means"])
         if r["calibration"] is not None:
             calibrations.append(r["calibration"])
+        peer_runs += r.get("peers", [])
     table = pd.DataFrame(rows)
     ranks = {key: rank_metric(m, real_means) for key, m in means.items()}
     table["rank"] = [
@@ -345,6 +376,7 @@ def run_task(name: str, config: Config) -> pd.DataFrame:
         for r in table.itertuples()
     ]
     table.attrs["calibrations"] = calibrations
+    table.attrs["peers"] = peer_runs
     return table
 
 
@@ -372,6 +404,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser.add_argument("--threads", type=int, default=None, help="scvi.settings.num_threads")
     parser.add_argument(
         "--jobs", type=int, default=1, help="processes running (fold, seed) jobs in parallel"
+    )
+    parser.add_argument(
+        "--peer-steps", type=int, default=None, help="peers' training steps (default: theirs)"
     )
     parser.add_argument("--tiny", action="store_true", help="seconds-long smoke configuration")
     parser.add_argument("--out", default=None, help="output directory (default benchmarks/)")
@@ -404,6 +439,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         max_cells=TINY_CELLS if args.tiny else tasks.MAX_CELLS,
         jobs=args.jobs,
         command=_command(argv),
+        peer_steps=args.peer_steps,
     )
 
 
@@ -426,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
             "steps": config.steps,
             "calibrations": table.attrs["calibrations"],
         }
+        if table.attrs["peers"]:
+            record["peers"] = table.attrs["peers"]
         (results_dir / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
         print(report.task_section(name, table, record))
         (config.out / "RESULTS.md").write_text(report.build(config.out, info))
