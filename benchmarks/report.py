@@ -182,11 +182,14 @@ def calibration_lines(record: dict) -> list[str]:
     return lines
 
 
-def peer_lines(record: dict) -> list[str]:
-    """Per peer (``run.py --methods cellflow,cpa``): its runs, training seconds per fold and
-    the conditions it could not predict, with the reason."""
+def peer_lines(table: pd.DataFrame, record: dict) -> list[str]:
+    """Per peer (``run.py --methods cellflow,cpa``): its runs, training seconds per run, the
+    conditions it could not predict (with the reason) and, on the conditions it did predict
+    (main view), its E and EMD beside Doloris, the uncalibrated model and the best baseline on
+    the same conditions."""
     runs = record.get("peers") or []
     lines = []
+    main = table[table["view"] == "train"]
     for peer in sorted({r["peer"] for r in runs}):
         mine = [r for r in runs if r["peer"] == peer]
         train = np.mean([r["train_seconds"] for r in mine])
@@ -203,6 +206,24 @@ def peer_lines(record: dict) -> list[str]:
             lines.append(
                 f"  - n/a for {len(conds)} condition(s) ({', '.join(sorted(conds))}): {why}"
             )
+        done = sorted(set(main.loc[main["method"] == peer, "condition"]))
+        if not done:
+            continue
+        sub = main[main["condition"].isin(done)]
+        cells = []
+        for col, head in (("e_distance", "E"), ("emd", "EMD")):
+            d = 4 if col == "emd" else 3
+            cm = condition_means(sub, col)
+            best = best_baseline(sub, col)
+            parts = [f"{peer} {_fmt(cm[peer].mean(), d)}"]
+            parts += [f"{m} {_fmt(cm[m].mean(), d)}" for m in (DOLORIS, UNCALIBRATED) if m in cm]
+            if best is not None:
+                parts.append(f"best baseline {best} {_fmt(cm[best].mean(), d)}")
+            cells.append(f"{head}: " + ", ".join(parts))
+        lines.append(
+            f"  - on the {len(done)} condition(s) it predicted (controls in training): "
+            + "; ".join(cells)
+        )
     return (
         (["Peers (each in its own virtual environment, `peers.py`):", ""] + lines) if lines else []
     )
@@ -226,7 +247,7 @@ def task_section(name: str, table: pd.DataFrame, record: dict) -> str:
         out += ["", f"### {title}", "", markdown_table(summary(sub)), ""]
         out += comparison_lines(sub)
     out += [""] + calibration_lines(record)
-    peer = peer_lines(record)
+    peer = peer_lines(table, record)
     if peer:
         out += [""] + peer
     return "\n".join(out)

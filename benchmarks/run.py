@@ -87,7 +87,7 @@ class Config:
     max_cells: int = tasks.MAX_CELLS
     jobs: int = 1
     command: str = ""
-    peer_steps: int | None = None
+    peer_steps: dict[str, int] = field(default_factory=dict)
 
 
 def _dense(X) -> np.ndarray:
@@ -310,7 +310,7 @@ def run_job(name: str, index: int, seed: int | None, config: Config) -> dict:
                         record("scGen", c, v, P, train_s, time.perf_counter() - t0)
         for peer in (p for p in peers.PEERS if p in methods):
             result = peers.train_predict_peer(
-                peer, fold, config.views, seed, config.threads or 1, config.peer_steps
+                peer, fold, config.views, seed, config.threads or 1, config.peer_steps.get(peer)
             )
             if result is None:
                 continue
@@ -388,6 +388,21 @@ def _command(argv: list[str] | None) -> str:
     return shlex.join(["python", str(script), *(sys.argv[1:] if argv is None else argv)])
 
 
+def _peer_steps(text: str | None, parser: argparse.ArgumentParser) -> dict[str, int]:
+    """``--peer-steps``: ``"N"`` (every peer) or ``"cellflow=N,cpa=M"`` -> {peer name: steps}."""
+    if not text:
+        return {}
+    if "=" not in text:
+        return dict.fromkeys(peers.PEERS, int(text))
+    out = {}
+    for item in text.split(","):
+        slug, _, n = item.partition("=")
+        if METHOD_SLUGS.get(slug) not in peers.PEERS:
+            parser.error(f"--peer-steps: {slug!r} is not a peer ({list(peers.PEERS)})")
+        out[METHOD_SLUGS[slug]] = int(n)
+    return out
+
+
 def parse_args(argv: list[str] | None = None) -> Config:
     """Parse the command line into a :class:`Config`."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -406,7 +421,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
         "--jobs", type=int, default=1, help="processes running (fold, seed) jobs in parallel"
     )
     parser.add_argument(
-        "--peer-steps", type=int, default=None, help="peers' training steps (default: theirs)"
+        "--peer-steps",
+        default=None,
+        help="peers' training steps (default: their own): N for all, or cellflow=N,cpa=M",
     )
     parser.add_argument("--tiny", action="store_true", help="seconds-long smoke configuration")
     parser.add_argument("--out", default=None, help="output directory (default benchmarks/)")
@@ -439,7 +456,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         max_cells=TINY_CELLS if args.tiny else tasks.MAX_CELLS,
         jobs=args.jobs,
         command=_command(argv),
-        peer_steps=args.peer_steps,
+        peer_steps=_peer_steps(args.peer_steps, parser),
     )
 
 

@@ -119,7 +119,7 @@ CPU = {
     "time_freqs": 128,
     "learning_rate": 1e-4,
     "multi_steps": 1,
-    "num_iterations": 5_000,
+    "num_iterations": 1_000,
 }
 PRESETS = {"norman": NORMAN, "cpu": CPU}
 SOURCES = {
@@ -205,8 +205,15 @@ def main(argv=None) -> int:
             c: X[is_ctrl & (ct == c)].mean(0) for c in sorted(set(ct[is_ctrl]))
         }
     cfpp.centered_pca(adata, n_comps=settings["n_pcs"], keep_centered_data=False)
+    fit_data = adata
+    if has_cov:
+        # CellFlow pairs each context's controls with its perturbed cells (split_covariates) and
+        # refuses controls without any: a held-out context (a Kang cell type never seen
+        # stimulated) keeps its controls for the PCA and its representation, not for the flow
+        targets = set(ct[~is_ctrl])
+        fit_data = adata[~is_ctrl | np.isin(ct, sorted(targets))].copy()
 
-    cf = cellflow.model.CellFlow(adata, solver="otfm")
+    cf = cellflow.model.CellFlow(fit_data, solver="otfm")
     cov = {
         "sample_covariates": ["cell_type"] if has_cov else None,
         "sample_covariate_reps": {"cell_type": "cell_type_mean"} if has_cov else None,
@@ -268,8 +275,8 @@ def main(argv=None) -> int:
         unseen = [g for g in genes if g not in seen]
         if unseen:
             na[str(i)] = (
-                f"gene(s) {unseen} never perturbed in training: no offline gene embedding "
-                "(the paper's ESM2 cannot be downloaded here)"
+                "a gene never perturbed in training: no gene embedding offline (the paper's "
+                "ESM2 cannot be downloaded here; a one-hot of an unseen gene is untrained)"
             )
             continue
         if has_cov and c["cell_type"] not in adata.uns["cell_type_mean"]:

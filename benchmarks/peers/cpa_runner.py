@@ -236,8 +236,8 @@ def main(argv=None) -> int:
         unseen = sorted(set(io.split_tokens(c["perturbation"])) - seen)
         if unseen:
             na[str(c["i"])] = (
-                f"gene(s) {unseen} never perturbed in training: CPA's embedding of them is "
-                "untrained and no external gene embedding is available offline"
+                "a gene never perturbed in training: CPA's embedding of it is untrained and no "
+                "external gene embedding (the tutorial's route) is available offline"
             )
         elif c["cell_type"] not in set(train.obs["cell_type"]):
             na[str(c["i"])] = f"covariate {c['cell_type']!r} is not in training"
