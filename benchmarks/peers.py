@@ -41,11 +41,19 @@ class Peer:
     name: str
     venv: str
     runner: str
+    interpreter: str | None = None  # another python than the venv's (tests)
 
     @property
     def python(self) -> Path:
         """The venv's interpreter."""
+        if self.interpreter is not None:
+            return Path(self.interpreter)
         return REPO / self.venv / "bin" / "python"
+
+    @property
+    def script(self) -> Path:
+        """The runner (a path relative to ``benchmarks/peers/`` or absolute)."""
+        return PEER_DIR / self.runner
 
 
 PEERS = {
@@ -169,7 +177,7 @@ def train_predict_peer(
         jobs = write_fold(fold, views, in_dir)
         cmd = [
             str(peer.python),
-            str(PEER_DIR / peer.runner),
+            str(peer.script),
             str(in_dir),
             str(out_dir),
             "--seed",
