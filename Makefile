@@ -7,8 +7,8 @@ STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.docs-installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: venv test lint demo bench bench-tiny perf perf-quick contention docs tutorials clean \
-	cell-eval-venv
+.PHONY: venv test lint demo bench bench-tiny bench-peers peers-venvs perf perf-quick contention docs \
+	tutorials clean cell-eval-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,42 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1 $(PY) benchmarks/run.py --jobs 2 --threads 1
+
+# Peers (CellFlow, CPA) beside Doloris, not in CI: each in a virtual environment of its own,
+# installed from the fully pinned files in benchmarks/peers/ with --no-deps (pip never resolves);
+# benchmarks/peers.py hands each fold to benchmarks/peers/<peer>_runner.py. See
+# benchmarks/README.md ("Peers"). CellFlow: Python 3.11, JAX on the CPU, no torch. CPA:
+# cpa-tools 0.8.8 needs Python < 3.11 (pyenv's 3.10), torch 2.0 (PyPI's CUDA build, ~4 GB).
+PYTHON311 ?= python3.11
+PYTHON310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10.*/bin/python) python3.10)
+CELLFLOW_VENV := .venv-cellflow
+CPA_VENV := .venv-cpa
+CELLFLOW_STAMP := $(CELLFLOW_VENV)/.installed
+CPA_STAMP := $(CPA_VENV)/.installed
+# the task kinds a peer can do at least in part (papalexi_unseen: unseen genes only, n/a for both)
+PEER_TASKS ?= norman_pairs,norman_singles,papalexi_replicate,kang_cell_type,kang_donor
+PEER_METHODS ?= doloris,uncalibrated,nochange,meanshift,additive,floor,cellflow,cpa
+
+$(CELLFLOW_STAMP): benchmarks/peers/cellflow.txt
+	test -x $(CELLFLOW_VENV)/bin/python || $(PYTHON311) -m venv $(CELLFLOW_VENV)
+	$(CELLFLOW_VENV)/bin/python -m pip install -q --upgrade pip
+	$(CELLFLOW_VENV)/bin/python -m pip install -q --no-deps -r benchmarks/peers/cellflow.txt
+	$(CELLFLOW_VENV)/bin/python -c "import cellflow, requests"
+	touch $(CELLFLOW_STAMP)
+
+$(CPA_STAMP): benchmarks/peers/cpa.lock.txt
+	test -x $(CPA_VENV)/bin/python || $(PYTHON310) -m venv $(CPA_VENV)
+	$(CPA_VENV)/bin/python -m pip install -q --upgrade pip
+	$(CPA_VENV)/bin/python -m pip install -q --no-deps -r benchmarks/peers/cpa.lock.txt
+	$(CPA_VENV)/bin/python -c "import cpa"
+	touch $(CPA_STAMP)
+
+peers-venvs: $(CELLFLOW_STAMP) $(CPA_STAMP)
+
+bench-peers: $(BENCH_STAMP) peers-venvs
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1 $(PY) benchmarks/run.py \
+		--tasks $(PEER_TASKS) --methods $(PEER_METHODS) --jobs 2 --threads 1 \
+		--out benchmarks/peers
 
 # seconds-long smoke run of the benchmark (CI's configuration), written to a temporary directory
 bench-tiny: $(STAMP)
@@ -90,4 +126,4 @@ $(CELLEVAL_STAMP):
 cell-eval-venv: $(CELLEVAL_STAMP)
 
 clean:
-	rm -rf $(VENV) $(CELLEVAL_VENV) .pytest_cache build dist
+	rm -rf $(VENV) $(CELLEVAL_VENV) $(CELLFLOW_VENV) $(CPA_VENV) .pytest_cache build dist

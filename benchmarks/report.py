@@ -253,6 +253,53 @@ def calibration_lines(record: dict) -> list[str]:
     return lines
 
 
+def peer_lines(table: pd.DataFrame, record: dict) -> list[str]:
+    """Per peer (``run.py --methods cellflow,cpa``): its runs, training seconds per run, the
+    conditions it could not predict (with the reason) and, on the conditions it did predict
+    (main view), its E and EMD beside Doloris, the uncalibrated model and the best baseline on
+    the same conditions."""
+    runs = record.get("peers") or []
+    lines = []
+    main = table[table["view"] == "train"]
+    for peer in sorted({r["peer"] for r in runs}):
+        mine = [r for r in runs if r["peer"] == peer]
+        train = np.mean([r["train_seconds"] for r in mine])
+        wall = np.mean([r["wall_seconds"] for r in mine])
+        lines.append(
+            f"- {peer}: {len(mine)} runs (fold x seed), training {train:.0f} s per run "
+            f"(runner wall time with prediction and file exchange {wall:.0f} s)"
+        )
+        na = {}
+        for r in mine:
+            for cond, why in r["na"].items():
+                na.setdefault(why, set()).add(cond.rsplit(" (", 1)[0])
+        for why, conds in na.items():
+            lines.append(
+                f"  - n/a for {len(conds)} condition(s) ({', '.join(sorted(conds))}): {why}"
+            )
+        done = sorted(set(main.loc[main["method"] == peer, "condition"]))
+        if not done:
+            continue
+        sub = main[main["condition"].isin(done)]
+        cells = []
+        for col, head in (("e_distance", "E"), ("emd", "EMD")):
+            d = 4 if col == "emd" else 3
+            cm = condition_means(sub, col)
+            best = best_baseline(sub, col)
+            parts = [f"{peer} {_fmt(cm[peer].mean(), d)}"]
+            parts += [f"{m} {_fmt(cm[m].mean(), d)}" for m in (DOLORIS, UNCALIBRATED) if m in cm]
+            if best is not None:
+                parts.append(f"best baseline {best} {_fmt(cm[best].mean(), d)}")
+            cells.append(f"{head}: " + ", ".join(parts))
+        lines.append(
+            f"  - on the {len(done)} condition(s) it predicted (controls in training): "
+            + "; ".join(cells)
+        )
+    return (
+        (["Peers (each in its own virtual environment, `peers.py`):", ""] + lines) if lines else []
+    )
+
+
 def task_section(name: str, table: pd.DataFrame, record: dict) -> str:
     """One task kind's section of RESULTS.md."""
     out = [f"## {name}", ""]
@@ -274,6 +321,9 @@ def task_section(name: str, table: pd.DataFrame, record: dict) -> str:
             out += ["Downstream (DE against the input cells, genes per cell):", "", down, ""]
         out += comparison_lines(sub)
     out += [""] + calibration_lines(record)
+    peer = peer_lines(table, record)
+    if peer:
+        out += [""] + peer
     return "\n".join(out)
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import cell_eval_scores
 import numpy as np
 import pandas as pd
+import peers
 import report
 import scgen
 import tasks
@@ -63,6 +64,9 @@ METHOD_SLUGS = {
     "no_prior": "Doloris no prior",
     "no_mu_sigma": "Doloris no mu/sigma",
     "no_residual": "Doloris no residual",
+    # peers in their own virtual environments (peers.py; make bench-peers), never by default
+    "cellflow": "CellFlow",
+    "cpa": "CPA",
 }
 DEFAULT_METHODS = ("doloris", "uncalibrated", "nochange", "meanshift", "additive", "scgen", "floor")
 
@@ -85,6 +89,7 @@ class Config:
     jobs: int = 1
     command: str = ""
     cell_eval: bool = False
+    peer_steps: dict[str, int] = field(default_factory=dict)
 
 
 def _dense(X) -> np.ndarray:
@@ -236,7 +241,7 @@ def run_job(name: str, index: int, seed: int | None, config: Config) -> dict:
     conds = fold.conditions
     reals = {c.name: _dense(fold.real[c.name].X) for c in conds}
     inputs = {(v, c.name): _dense(fold.input_cells(c, v).X) for v in config.views for c in conds}
-    out = {"rows": [], "means": {}, "calibration": None, "cells": {}, "genes": None}
+    out = {"rows": [], "means": {}, "calibration": None, "cells": {}, "genes": None, "peers": []}
     out["real_means"] = {c: R.mean(0) for c, R in reals.items()}
     if config.cell_eval:  # the main view's cells, for cell-eval (cell_eval_scores.py)
         out["genes"] = list(fold.train.var_names)
@@ -320,6 +325,31 @@ def run_job(name: str, index: int, seed: int | None, config: Config) -> dict:
                         t0 = time.perf_counter()
                         P = scgen.predict_scgen(model, fold, c, v, seed=seed)
                         record("scGen", c, v, P, train_s, time.perf_counter() - t0)
+        for peer in (p for p in peers.PEERS if p in methods):
+            result = peers.train_predict_peer(
+                peer, fold, config.views, seed, config.threads or 1, config.peer_steps.get(peer)
+            )
+            if result is None:
+                continue
+            for c in conds:
+                for v in config.views:
+                    if (v, c.name) in result["pred"]:
+                        P, train_s, predict_s = result["pred"][(v, c.name)]
+                        record(peer, c, v, P, train_s, predict_s)
+            meta = result["meta"]
+            out["peers"].append(
+                {
+                    "peer": peer,
+                    "task": name,
+                    "fold": fold.index,
+                    "seed": seed,
+                    "train_seconds": meta["train_seconds"],
+                    "wall_seconds": meta["wall_seconds"],
+                    "na": {f"{c} ({v})": why for (v, c), why in result["na"].items()},
+                    "settings": meta.get("settings"),
+                    "versions": meta.get("versions"),
+                }
+            )
     what = "baselines" if seed is None else f"seed {seed}"
     print(
         f"[{name}] fold {fold.index}, {what}: {len(conds)} conditions, "
@@ -347,7 +377,7 @@ def run_task(name: str, config: Config) -> pd.DataFrame:
             results = list(pool.map(run_job, *zip(*jobs, strict=True)))
     else:
         results = [run_job(*job) for job in jobs]
-    rows, means, real_means, calibrations = [], {}, {}, []
+    rows, means, real_means, calibrations, peer_runs = [], {}, {}, [], []
     for r in results:
         rows += r["rows"]
         for key, m in r["means"].items():
@@ -355,6 +385,7 @@ def run_task(name: str, config: Config) -> pd.DataFrame:
         real_means.update(r["real_means"])
         if r["calibration"] is not None:
             calibrations.append(r["calibration"])
+        peer_runs += r.get("peers", [])
     table = pd.DataFrame(rows)
     if config.cell_eval:
         table = cell_eval_scores.add_scores(table, results, name, config.threads or 1)
@@ -364,6 +395,7 @@ def run_task(name: str, config: Config) -> pd.DataFrame:
         for r in table.itertuples()
     ]
     table.attrs["calibrations"] = calibrations
+    table.attrs["peers"] = peer_runs
     return table
 
 
@@ -373,6 +405,21 @@ def _command(argv: list[str] | None) -> str:
     if script.is_relative_to(REPO):
         script = script.relative_to(REPO)
     return shlex.join(["python", str(script), *(sys.argv[1:] if argv is None else argv)])
+
+
+def _peer_steps(text: str | None, parser: argparse.ArgumentParser) -> dict[str, int]:
+    """``--peer-steps``: ``"N"`` (every peer) or ``"cellflow=N,cpa=M"`` -> {peer name: steps}."""
+    if not text:
+        return {}
+    if "=" not in text:
+        return dict.fromkeys(peers.PEERS, int(text))
+    out = {}
+    for item in text.split(","):
+        slug, _, n = item.partition("=")
+        if METHOD_SLUGS.get(slug) not in peers.PEERS:
+            parser.error(f"--peer-steps: {slug!r} is not a peer ({list(peers.PEERS)})")
+        out[METHOD_SLUGS[slug]] = int(n)
+    return out
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -391,6 +438,11 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser.add_argument("--threads", type=int, default=None, help="scvi.settings.num_threads")
     parser.add_argument(
         "--jobs", type=int, default=1, help="processes running (fold, seed) jobs in parallel"
+    )
+    parser.add_argument(
+        "--peer-steps",
+        default=None,
+        help="peers' training steps (default: their own): N for all, or cellflow=N,cpa=M",
     )
     parser.add_argument("--tiny", action="store_true", help="seconds-long smoke configuration")
     parser.add_argument(
@@ -431,6 +483,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         jobs=args.jobs,
         command=_command(argv),
         cell_eval=cell_eval_scores.wanted(args.cell_eval, args.tiny),
+        peer_steps=_peer_steps(args.peer_steps, parser),
     )
 
 
@@ -453,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
             "steps": config.steps,
             "calibrations": table.attrs["calibrations"],
         }
+        if table.attrs["peers"]:
+            record["peers"] = table.attrs["peers"]
         (results_dir / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
         print(report.task_section(name, table, record))
         (config.out / "RESULTS.md").write_text(report.build(config.out, info))

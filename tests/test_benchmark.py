@@ -274,3 +274,67 @@ def test_input_blend_compares_candidate_sets_leave_one_condition_out():
     assert summary.loc["t", "Δ E input at 0 and 1"] == "+0.00000 ± 0.00000"
     assert summary.loc["t", "Δ E with input"].startswith("-1.00000 ± 0.0")
     assert summary.loc["t", "with input chose input"] == "100%"
+
+
+FAKE_RUNNER = '''
+"""A stand-in peer: predicts no change, and n/a for every second prediction."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, PEER_DIR)
+import _fold_io as io
+
+train, conditions, read_input = io.read_fold(sys.argv[1])
+assert "counts" in train.layers and train.uns["control"] == "control"
+na = {}
+for c in conditions:
+    if c["i"] % 2:
+        na[str(c["i"])] = "not this one"
+        continue
+    src = read_input(c["i"])
+    io.write_prediction(sys.argv[2], c["i"], src.X, train.var_names)
+io.write_meta(sys.argv[2], {"train_seconds": 1.5, "predict_seconds": {}, "na": na})
+'''
+
+
+def test_a_peer_gets_the_fold_through_files_and_its_cells_come_back(tmp_path, monkeypatch):
+    """peers.py writes the fold for a runner in another interpreter and reads its predictions
+    back, one cell per input cell; n/a predictions are reported with their reason."""
+    _require("norman")
+    tasks = _load("tasks")
+    peers = _load("peers")
+    script = tmp_path / "fake_runner.py"
+    script.write_text(f"PEER_DIR = {str(peers.PEER_DIR)!r}\n" + FAKE_RUNNER)
+    fake = peers.Peer("Fake", ".venv-none", str(script), interpreter=sys.executable)
+    monkeypatch.setitem(peers.PEERS, "Fake", fake)
+    fold = next(tasks.folds("norman_pairs", max_cells=40, only=[0]))
+    out = peers.train_predict_peer("Fake", fold, tasks.VIEWS, seed=0)
+    assert out is not None
+    cond = fold.conditions[0]
+    P, train_s, _ = out["pred"][("train", cond.name)]
+    np.testing.assert_allclose(P, fold.input_cells(cond, "train").X.toarray(), rtol=1e-6)
+    assert train_s == 1.5
+    assert out["na"] == {("held-out", cond.name): "not this one"}
+
+
+def test_missing_peer_venv_is_skipped(capsys):
+    tasks = _load("tasks")
+    peers = _load("peers")
+    missing = peers.Peer("Missing", ".venv-does-not-exist", "cpa_runner.py")
+    peers.PEERS["Missing"] = missing
+    try:
+        fold = tasks.Fold("t", 0, None, [], {}, {})
+        assert peers.train_predict_peer("Missing", fold, tasks.VIEWS, seed=0) is None
+    finally:
+        del peers.PEERS["Missing"]
+    assert "make peers-venvs" in capsys.readouterr().out
+
+
+def test_lognorm_counts_matches_the_benchmark_scale():
+    sys.path.insert(0, str(BENCH / "peers"))
+    import _fold_io
+
+    mu = np.array([[1.0, 3.0, 0.0], [2.0, 2.0, 4.0]])
+    out = _fold_io.lognorm_counts(mu, 10.0)
+    np.testing.assert_allclose(np.expm1(out).sum(1), [10.0, 10.0], rtol=1e-6)
+    assert _fold_io.split_tokens("A+B") == ["A", "B"]
