@@ -297,9 +297,7 @@ io.write_meta(sys.argv[2], {"train_seconds": 1.5, "predict_seconds": {}, "na": n
 '''
 
 
-def test_a_peer_gets_the_fold_through_files_and_its_cells_come_back(
-    tmp_path, monkeypatch, require
-):
+def test_a_peer_gets_the_fold_through_files_and_its_cells_come_back(tmp_path, monkeypatch, require):
     """peers.py writes the fold for a runner in another interpreter and reads its predictions
     back, one cell per input cell; n/a predictions are reported with their reason."""
     require("norman")
