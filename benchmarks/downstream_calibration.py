@@ -10,17 +10,22 @@ per condition and seed against the method (the first variant), with their standa
 Variants:
 
 - ``method``: the blends that keep cells (model's cells scaled, input cells scaled), every
-  baseline and weight; the loss counts E-distance, EMD and DE genes missed; a candidate must
-  beat the default by two SE and be worse on no metric by more than one SE.
+  baseline (measured and shrunk), weights 0.25 to 1; the loss counts E-distance, EMD and DE
+  genes missed; a candidate must beat the default by two SE and be worse on no metric by more
+  than one SE.
+- ``with weight 0``: also the weight 0 of both blends (the baseline's means on the model's or
+  the input's cells).
 - ``no DE term``: the loss of E-distance and EMD only (the guard on them alone).
 - ``no guard``: no per-metric guard.
 - ``scaled only``: the model's cells only (no input blend).
-- ``fewer``: measured baselines only, weights 0.25 to 1 (no shrunk baseline, no weight 0).
+- ``measured only``: no shrunk baseline.
+- ``3 SE``: a margin of three standard errors.
 - ``default``: always the kind's equal-weight blend (no choice).
 - ``model alone``: the diffusion model (weight 1).
 
-Also per task kind: how often a fold's kinds get the same candidate at all three training
-seeds (each seed has its own inner split and inner model).
+Also per task kind and variant: how often a fold's kinds get the same candidate at all three
+training seeds (each seed has its own inner split and inner model), or candidates whose
+scores are within noise of each other.
 
 Usage::
 
@@ -41,13 +46,20 @@ from scdoloris.model._calibration import BLENDS, MEASURED, Calibration, is_candi
 
 KEY = ["task", "fold", "seed"]
 METRICS = {"E": "e_distance", "EMD": "emd", "DE": "de_overlap"}
+def _candidates(frame: pd.DataFrame) -> pd.DataFrame:
+    """The method's candidates: weights 0.25 to 1 (the scores also hold weight 0)."""
+    return frame[(frame["weight"] > 0) | (frame["blend"] == "cells")]
+
+
 VARIANTS = {
-    "method": {},
-    "no DE term": {"metrics": ("e_distance", "emd")},
-    "no guard": {"no_worse_se": np.inf},
-    "scaled only": {"blends": ("scaled",)},
-    "fewer": {"rows": lambda f: f[f["baseline"].isin(MEASURED) & (f["weight"] >= 0.25)]},
-    "default": {"clear_se": np.inf},
+    "method": {"rows": _candidates},
+    "with weight 0": {},
+    "no DE term": {"rows": _candidates, "metrics": ("e_distance", "emd")},
+    "no guard": {"rows": _candidates, "no_worse_se": np.inf},
+    "scaled only": {"rows": _candidates, "blends": ("scaled",)},
+    "measured only": {"rows": lambda f: _candidates(f[f["baseline"].isin(MEASURED)])},
+    "3 SE": {"rows": _candidates, "clear_se": 3.0},
+    "default": {"rows": _candidates, "clear_se": np.inf},
 }
 
 
@@ -98,29 +110,57 @@ def compare(scores: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def stability(scores: pd.DataFrame) -> pd.Series:
+def _loss(frame: pd.DataFrame) -> pd.Series:
+    """Per row, the calibration's summed loss (E, EMD, DE missed, each over its mean)."""
+    e = frame["e_distance"] / frame["e_distance"].mean()
+    m = frame["emd"] / frame["emd"].mean()
+    miss = 1.0 - frame["de_overlap"]
+    return e + m + miss / max(miss.mean(), 1e-12)
+
+
+def stability(scores: pd.DataFrame, options: dict) -> pd.DataFrame:
     """Per task kind: the share of (fold, kind) whose choice (fitted on all of a fold-seed's
-    inner conditions) is the same at every seed."""
+    inner conditions) is the same at every training seed, and the share where it is the same
+    or every two choices score within noise of each other (paired over the inner conditions
+    of the fold's three seeds, the loss difference within two standard errors)."""
     rows = []
     for (task, fold, seed), frame in scores.groupby(KEY):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            cal = _fit(frame.drop(columns=KEY), {})
+            cal = _fit(frame.drop(columns=KEY), options)
         for kind in set(frame["kind"]):
             rows.append((task, fold, seed, kind, cal.choice(kind)))
     table = pd.DataFrame(rows, columns=["task", "fold", "seed", "kind", "choice"])
-    same = table.groupby(["task", "fold", "kind"])["choice"].nunique() == 1
-    return same.groupby(level="task").mean()
+    out = []
+    for (task, fold, kind), sub in table.groupby(["task", "fold", "kind"]):
+        choices = list(dict.fromkeys(sub["choice"]))
+        within = True
+        frame = scores[(scores["task"] == task) & (scores["fold"] == fold)]
+        frame = frame[frame["kind"] == kind].assign(loss=lambda f: _loss(f))
+        for i, a in enumerate(choices):
+            for b in choices[i + 1 :]:
+                la = frame[is_candidate(frame, a)].set_index(["seed", "condition"])["loss"]
+                lb = frame[is_candidate(frame, b)].set_index(["seed", "condition"])["loss"]
+                d = (la - lb).dropna()
+                if len(d) > 1 and abs(d.mean()) > 2 * d.std(ddof=1) / np.sqrt(len(d)):
+                    within = False
+        out.append((task, len(choices) == 1, within))
+    frame = pd.DataFrame(out, columns=["task", "same", "within noise"])
+    return frame.groupby("task").mean()
 
 
-def summary(table: pd.DataFrame, same: pd.Series) -> pd.DataFrame:
+def summary(table: pd.DataFrame, stable: dict[str, pd.DataFrame]) -> pd.DataFrame:
     variants = list(dict.fromkeys(table["variant"]))
     wide = table.pivot_table(
         index=["task", "seed", "fold", "condition"], columns="variant", values=list(METRICS)
     )
     rows = []
     for task, q in wide.groupby(level="task"):
-        row = {"task kind": task, "n": len(q), "same choice at every seed": f"{same[task]:.0%}"}
+        row = {"task kind": task, "n": len(q)}
+        for v, st in stable.items():
+            row[f"stable: {v}"] = (
+                f"{st.loc[task, 'same']:.0%} same, {st.loc[task, 'within noise']:.0%} within noise"
+            )
         for m in METRICS:
             digits = 5 if m == "EMD" else 4
             for v in variants:
@@ -143,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     table = compare(scores)
     print(f"Command: `{info['command']}`; commit {info['commit']}; {info['date']}")
     print(f"Machine: {info['machine']}")
-    print(summary(table, stability(scores)).T.to_markdown())
+    stable = {v: stability(scores, options) for v, options in VARIANTS.items()}
+    print(summary(table, stable).T.to_markdown())
     chosen = table[table["variant"] == "method"]
     print("\nChoices of the method (held out), per task kind:")
     for task, sub in chosen.groupby("task"):

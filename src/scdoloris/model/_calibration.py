@@ -64,7 +64,11 @@ MEASURED = ("NoChange", "MeanShift", "Additive")
 # the candidates' baselines: each measured change also shrunk toward no change by its sampling
 # noise (scdoloris.baselines.shrink_change), which the inner validation may choose
 BASELINES = MEASURED + tuple(b + SHRUNK for b in MEASURED if b != "NoChange")
-WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+# the model's weights a kind may choose: weight 0 (the baseline's means on the model's or the
+# input's cells) measured no better on the inner validation, so it is not a candidate
+# (benchmarks/README.md, "Cells that hold up downstream"); each baseline's own prediction is
+# scored at weight 0 for reference
+WEIGHTS = (0.25, 0.5, 0.75, 1.0)
 # the calibration's starting point per kind (see Calibration.fit): the baseline that applies
 DEFAULT_BASELINE = {
     "seen": "MeanShift",
