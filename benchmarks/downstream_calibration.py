@@ -46,6 +46,8 @@ from scdoloris.model._calibration import BLENDS, MEASURED, Calibration, is_candi
 
 KEY = ["task", "fold", "seed"]
 METRICS = {"E": "e_distance", "EMD": "emd", "DE": "de_overlap"}
+
+
 def _candidates(frame: pd.DataFrame) -> pd.DataFrame:
     """The method's candidates: weights 0.25 to 1 (the scores also hold weight 0)."""
     return frame[(frame["weight"] > 0) | (frame["blend"] == "cells")]
