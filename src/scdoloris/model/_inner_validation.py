@@ -29,6 +29,7 @@ from ._calibration import (
     blend,
     plan_validation,
 )
+from ._warm_start import INNER_FRACTION, phase
 
 logger = logging.getLogger(__name__)
 
@@ -199,22 +200,31 @@ class InnerValidationMixin:
         module_kwargs = init.pop("module_kwargs", {})
         return cls(adata, **init, **module_kwargs)
 
-    def _run_inner_validation(self, train_kwargs: dict, seed: int) -> Calibration | None:
+    def _run_inner_validation(self, train_kwargs: dict, seed: int):
         """Hold out training conditions, train an inner model on the rest, score the candidates.
 
-        Returns None when the data have too few perturbed conditions to hold one out.
+        Returns ``(calibration, inner model)``, or ``(None, None)`` when the data have too few
+        perturbed conditions to hold one out.
         """
         split = self._inner_split(seed)
         if split is None:
-            return None
+            return None, None
         logger.info(
             "Inner validation: %d conditions held out (%s); training an inner model.",
             len(split.conditions),
             ", ".join(f"{c.label} in {c.cell_type}: {c.kind}" for c in split.conditions),
         )
+        show = train_kwargs.get("enable_progress_bar", True) is not False
+        phase(
+            f"Inner validation (1/2): an inner model on the training data without "
+            f"{len(split.conditions)} held-out condition(s), then scored on them",
+            show,
+        )
         inner = self._train_inner_model(split, train_kwargs)
         scores = self._score_inner(inner, split, seed)
-        return None if scores.empty else Calibration.fit(scores, self._candidate_blends(inner))
+        if scores.empty:
+            return None, inner
+        return Calibration.fit(scores, self._candidate_blends(inner)), inner
 
     def _inner_split(self, seed: int) -> InnerSplit | None:
         """The inner validation's data: the inner model's training cells and, per held-out
@@ -267,11 +277,15 @@ class InnerValidationMixin:
             )
         return InnerSplit(inner_adata, conditions, len(table)) if conditions else None
 
-    def _train_inner_model(self, split: InnerSplit, train_kwargs: dict):
-        """The inner model, trained for as many optimisation steps as the model itself."""
+    def _train_inner_model(
+        self, split: InnerSplit, train_kwargs: dict, fraction: float = INNER_FRACTION
+    ):
+        """The inner model, trained for ``fraction`` of the optimisation steps of a model
+        trained from scratch (:data:`~._warm_start.INNER_FRACTION`: the model then starts from
+        it)."""
         inner = self._inner_model(split.adata)
         batch = int(train_kwargs.get("batch_size", 128))
-        steps = int(train_kwargs["max_epochs"]) * int(np.ceil(split.n_cells / batch))
+        steps = fraction * int(train_kwargs["max_epochs"]) * int(np.ceil(split.n_cells / batch))
         epochs = max(1, int(round(steps / np.ceil(split.adata.n_obs / batch))))
         inner.train(**{**train_kwargs, "max_epochs": epochs}, calibrate=False)
         return inner
