@@ -1,5 +1,5 @@
 """Train once: with the calibration, the model starts from the inner model's weights and trains
-a quarter of the steps (``model/_warm_start.py``), so train() costs about one training run."""
+half of the steps (``model/_warm_start.py``), so train() costs about one training run."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def test_train_starts_the_model_from_the_inner_model(tmp_path, capsys):
     model.train(max_epochs=8)
     err = capsys.readouterr().err
     assert "Inner validation (1/2)" in err and "Final model (2/2)" in err
-    # a quarter of the epochs of a model trained from scratch, from the inner model's weights
+    # half of the epochs of a model trained from scratch, from the inner model's weights
     assert len(model.history["train_loss"]) == round(FINAL_FRACTION * 8)
     # the inner model: half the steps of a model trained from scratch (on its fewer cells)
     inner = model.inner_history["train_loss"]
@@ -87,3 +87,30 @@ def test_train_runs_end_to_end(calibrate):
     model.train(max_epochs=4, enable_progress_bar=False, calibrate=calibrate)
     assert model.is_trained_
     assert bool(model.inner_history) == calibrate
+
+
+def test_the_inner_conditions_are_predicted_together_as_one_by_one():
+    from scdoloris.model._inner_validation import _predict_conditions
+
+    model = _model()
+    model.train(max_epochs=2, calibrate=False, enable_progress_bar=False)
+    split = model._inner_split(0)
+    together = _predict_conditions(model, split.conditions, True, 0, {"n_steps": 5})
+    for cond, P in zip(split.conditions, together, strict=True):
+        alone = model.predict(
+            cond.controls,
+            cond.perturbation,
+            cell_type=cond.cell_type,
+            dose=cond.dose,
+            calibrate=False,
+            progress_bar=False,
+            seed=0,
+            allow_unknown=True,
+            n_steps=5,
+        ).X
+        np.testing.assert_allclose(P, alone, rtol=1e-5, atol=1e-5)
+    # the conditions of a cell type share one draw of input cells
+    by_type = {}
+    for cond in split.conditions:
+        by_type.setdefault(cond.cell_type, set()).add(id(cond.controls))
+    assert all(len(ids) == 1 for ids in by_type.values())

@@ -281,8 +281,8 @@ class DolorisModel(
         baselines and blends of the two. Per kind of condition (seen, transfer to another cell
         type, new combination of seen tokens, unseen token) it chooses the baseline and the
         weight of the model's prediction that :meth:`predict` uses by default (see
-        :attr:`validation`). The model then starts from the inner model's weights and trains a
-        quarter of the steps on all the data, so training with the calibration costs about as
+        :attr:`validation`). The model then starts from the inner model's weights and trains
+        half of the steps on all the data, so training with the calibration costs about as
         much as one training run from scratch; two progress bars, labelled "Inner validation
         (1/2)" and "Final model (2/2)". :attr:`history` is the model's, :attr:`inner_history`
         the inner model's. A model that is already trained keeps its weights and trains
@@ -298,7 +298,7 @@ class DolorisModel(
         max_epochs
             Passes over the data of a model trained from scratch. ``None`` gives at most 600
             optimisation steps (whole epochs, at least one). With the calibration the inner
-            model trains half of them and the model, started from it, a quarter (see above;
+            model trains half of them and the model, started from it, the other half (see above;
             ``INNER_FRACTION`` and ``FINAL_FRACTION`` of ``scdoloris.model._warm_start``).
         batch_size
             Cells per step.

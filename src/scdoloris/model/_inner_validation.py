@@ -255,11 +255,17 @@ class InnerValidationMixin:
         train_rows = _cap_rows(np.flatnonzero(train_mask), ids, MAX_TRAIN_CELLS, rng)
         inner_adata = self._labelled_anndata(train_rows, table)
         is_ctrl = np.array([len(k.tokens) == 0 for k in table["key"]])
+        # the input cells: one draw of control cells per cell type, shared by its conditions
+        # (they are then predicted in one call, encoded once)
+        controls: dict[str, tuple[np.ndarray, ad.AnnData]] = {}
         conditions = []
         for key, kind in kinds.items():
-            ctrl = np.flatnonzero(is_ctrl & (table["cell_type"].to_numpy() == key.cell_type))
-            ctrl = np.intersect1d(ctrl, train_rows)
-            ctrl = np.sort(rng.permutation(ctrl)[:MAX_CELLS])
+            if key.cell_type not in controls:
+                rows = is_ctrl & (table["cell_type"].to_numpy() == key.cell_type)
+                rows = np.intersect1d(np.flatnonzero(rows), train_rows)
+                rows = np.sort(rng.permutation(rows)[:MAX_CELLS])
+                controls[key.cell_type] = (rows, self._labelled_anndata(rows, table))
+            ctrl, ctrl_adata = controls[key.cell_type]
             real = np.sort(rng.permutation(real_rows[key])[:MAX_CELLS])
             if len(ctrl) < 2 or len(real) < 2:
                 continue
@@ -271,7 +277,7 @@ class InnerValidationMixin:
                     dose=None if np.isnan(dose) else float(dose),
                     cell_type=key.cell_type,
                     kind=kind,
-                    controls=self._labelled_anndata(ctrl, table),
+                    controls=ctrl_adata,
                     real=_dense(self._labelled_anndata(real, table).X),
                 )
             )
@@ -300,21 +306,9 @@ class InnerValidationMixin:
         # this model, or of the inner model in benchmarks/defaults.py)
         measured = "measured" in (self._switches().baselines, inner._switches().baselines)
         baselines = MEASURED if measured else BASELINES
+        predicted = _predict_conditions(inner, split.conditions, has_types, seed, predict_kwargs)
         rows = []
-        for cond in split.conditions:
-            with warnings.catch_warnings():  # held-out tokens may be unknown to the inner model
-                warnings.simplefilter("ignore", UserWarning)
-                P = inner.predict(
-                    cond.controls,
-                    cond.perturbation,
-                    cell_type=cond.cell_type if has_types else None,
-                    dose=cond.dose,
-                    calibrate=False,
-                    progress_bar=False,
-                    seed=seed,
-                    allow_unknown=True,
-                    **predict_kwargs,
-                ).X
+        for cond, P in zip(split.conditions, predicted, strict=True):
             X = _dense(cond.controls.X)
             cts = np.full(X.shape[0], cond.cell_type)
             score = _Scorer(cond.real, X)
@@ -375,6 +369,39 @@ class _Scorer:
             "emd": emd(Q, self.real),
             "de_overlap": de_overlap(Q, None, self.inputs, real_top=self.real_top),
         }
+
+
+def _predict_conditions(
+    inner, conditions: list[InnerCondition], has_types: bool, seed: int, predict_kwargs: dict
+) -> list[np.ndarray]:
+    """Each condition's predicted cells (the model alone), in one ``predict`` call per set of
+    input cells: the cells are encoded once and decoded under each of their conditions (each
+    condition's random draws depend on the seed and the condition only, so the cells are those
+    of a call per condition)."""
+    groups: dict[int, list[int]] = {}
+    for i, cond in enumerate(conditions):
+        groups.setdefault(id(cond.controls), []).append(i)
+    out: list[np.ndarray | None] = [None] * len(conditions)
+    for members in groups.values():
+        first = conditions[members[0]]
+        doses = [conditions[i].dose for i in members]
+        with warnings.catch_warnings():  # held-out tokens may be unknown to the inner model
+            warnings.simplefilter("ignore", UserWarning)
+            X = inner.predict(
+                first.controls,
+                [conditions[i].perturbation for i in members],
+                cell_type=first.cell_type if has_types else None,
+                dose=None if all(d is None for d in doses) else doses,
+                calibrate=False,
+                progress_bar=False,
+                seed=seed,
+                allow_unknown=True,
+                **predict_kwargs,
+            ).X
+        n = first.controls.n_obs
+        for j, i in enumerate(members):
+            out[i] = np.asarray(X[j * n : (j + 1) * n])
+    return out
 
 
 def _cap_rows(rows: np.ndarray, ids: np.ndarray, max_cells: int, rng) -> np.ndarray:
