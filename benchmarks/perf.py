@@ -695,6 +695,45 @@ def end_to_end() -> dict:
     return out
 
 
+def calibration_cost(repeats: int = 2) -> dict:
+    """``train()`` of the README example with and without the calibration, side by side:
+    fresh processes, alternating (without, with, without, with, ...), idle (issue #32)."""
+    runs: dict[str, list] = {"without": [], "with": []}
+    for _ in range(repeats):
+        for name, extra in (("without", ["--no-calibrate"]), ("with", [])):
+            done = subprocess.run(
+                [sys.executable, str(BENCH / "readme_example.py"), *extra],
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode != 0:
+                return {"error": done.stderr[-500:]}
+            runs[name].append(json.loads(done.stdout.strip().splitlines()[-1])["train_s"])
+    without = sum(runs["without"]) / repeats
+    with_ = sum(runs["with"]) / repeats
+    return {"without_s": runs["without"], "with_s": runs["with"], "ratio": with_ / without}
+
+
+def calibration_report(result: dict | None) -> list[str]:
+    """The section "Training with and without the calibration"."""
+    if result is None:
+        return []
+    lines = ["", "## Training with and without the calibration, idle (the README example)", ""]
+    if "error" in result:
+        return lines + [f"The measurement failed: {result['error']}"]
+
+    def runs(values: list[float]) -> str:
+        return ", ".join(f"{v:.1f}" for v in values)
+
+    return lines + [
+        f"`train()` of the README example (`benchmarks/readme_example.py`, fresh processes, "
+        f"alternating): with the calibration (the default) {runs(result['with_s'])} s, "
+        f"`train(calibrate=False)` {runs(result['without_s'])} s: ratio of the means "
+        f"**{result['ratio']:.2f}x** (target at most 1.3x). With the calibration the inner "
+        "model trains half the steps and the model, started from it, a quarter.",
+    ]
+
+
 def e2e_report(result: dict | None) -> list[str]:
     """The "end to end" section: ``make demo`` and the README example, idle."""
     if result is None:
@@ -763,6 +802,7 @@ def report(info: dict, cfg: PerfConfig, results: dict) -> str:
         )
     lines += threads_report(cfg, results.get("threads")) + user_report(results.get("user"))
     lines += e2e_report(results.get("e2e"))
+    lines += calibration_report(results.get("calibration"))
     big = results.get("large_predict", {})
     if big and "error" not in big:
         lines += [
@@ -839,8 +879,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--parts",
         nargs="+",
-        default=["ratios", "large", "backed", "grid", "threads", "user", "e2e"],
-        choices=["ratios", "large", "backed", "grid", "threads", "user", "e2e"],
+        default=["ratios", "large", "backed", "grid", "threads", "user", "e2e", "calibration"],
+        choices=["ratios", "large", "backed", "grid", "threads", "user", "e2e", "calibration"],
         help="what to measure (default: all)",
     )
     parser.add_argument(
@@ -924,6 +964,8 @@ def main(argv: list[str] | None = None) -> int:
         record("user", contention.run(scenario))
     if "e2e" in args.parts and not cfg.quick:
         record("e2e", end_to_end())
+    if "calibration" in args.parts and not cfg.quick:
+        record("calibration", calibration_cost())
     write()
     print(f"wrote {args.output / 'PERF.md'}")
     return 0

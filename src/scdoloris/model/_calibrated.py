@@ -31,8 +31,9 @@ from ._prediction import batches
 class CalibrationMixin:
     """The calibration of :class:`~scdoloris.DolorisModel` (see the module docstring)."""
 
-    def _calibrate(self, train_kwargs: dict) -> None:
-        """Fit the baselines on the training data and run the inner validation (see train)."""
+    def _calibrate(self, train_kwargs: dict):
+        """Fit the baselines on the training data and run the inner validation (see train);
+        returns the inner model (None: none was trained)."""
         import scvi
 
         if not hasattr(self, "_init_arguments"):
@@ -42,7 +43,7 @@ class CalibrationMixin:
                 UserWarning,
                 stacklevel=3,
             )
-            return
+            return None
         table = self._condition_table()
         self.training_conditions_ = [list(k) for k in dict.fromkeys(table["key"])]
         rows = np.arange(len(table))
@@ -50,8 +51,10 @@ class CalibrationMixin:
             rows = _per_condition_sample(table["key_id"].to_numpy(), BACKED_CELLS_PER_CONDITION)
         self.baselines_ = self._fit_baselines(self._labelled_anndata(rows, table))
         seed = scvi.settings.seed
-        calibration = self._run_inner_validation(train_kwargs, 0 if seed is None else int(seed))
+        seed = 0 if seed is None else int(seed)
+        calibration, inner = self._run_inner_validation(train_kwargs, seed)
         self.calibration_ = None if calibration is None else calibration.to_dict()
+        return inner
 
     @property
     def calibration(self) -> Calibration | None:

@@ -29,6 +29,7 @@ from ._calibration import (
     blend,
     plan_validation,
 )
+from ._warm_start import INNER_FRACTION, phase
 
 logger = logging.getLogger(__name__)
 
@@ -199,22 +200,31 @@ class InnerValidationMixin:
         module_kwargs = init.pop("module_kwargs", {})
         return cls(adata, **init, **module_kwargs)
 
-    def _run_inner_validation(self, train_kwargs: dict, seed: int) -> Calibration | None:
+    def _run_inner_validation(self, train_kwargs: dict, seed: int):
         """Hold out training conditions, train an inner model on the rest, score the candidates.
 
-        Returns None when the data have too few perturbed conditions to hold one out.
+        Returns ``(calibration, inner model)``, or ``(None, None)`` when the data have too few
+        perturbed conditions to hold one out.
         """
         split = self._inner_split(seed)
         if split is None:
-            return None
+            return None, None
         logger.info(
             "Inner validation: %d conditions held out (%s); training an inner model.",
             len(split.conditions),
             ", ".join(f"{c.label} in {c.cell_type}: {c.kind}" for c in split.conditions),
         )
+        show = train_kwargs.get("enable_progress_bar", True) is not False
+        phase(
+            f"Inner validation (1/2): an inner model on the training data without "
+            f"{len(split.conditions)} held-out condition(s), then scored on them",
+            show,
+        )
         inner = self._train_inner_model(split, train_kwargs)
         scores = self._score_inner(inner, split, seed)
-        return None if scores.empty else Calibration.fit(scores, self._candidate_blends(inner))
+        if scores.empty:
+            return None, inner
+        return Calibration.fit(scores, self._candidate_blends(inner)), inner
 
     def _inner_split(self, seed: int) -> InnerSplit | None:
         """The inner validation's data: the inner model's training cells and, per held-out
@@ -245,11 +255,17 @@ class InnerValidationMixin:
         train_rows = _cap_rows(np.flatnonzero(train_mask), ids, MAX_TRAIN_CELLS, rng)
         inner_adata = self._labelled_anndata(train_rows, table)
         is_ctrl = np.array([len(k.tokens) == 0 for k in table["key"]])
+        # the input cells: one draw of control cells per cell type, shared by its conditions
+        # (they are then predicted in one call, encoded once)
+        controls: dict[str, tuple[np.ndarray, ad.AnnData]] = {}
         conditions = []
         for key, kind in kinds.items():
-            ctrl = np.flatnonzero(is_ctrl & (table["cell_type"].to_numpy() == key.cell_type))
-            ctrl = np.intersect1d(ctrl, train_rows)
-            ctrl = np.sort(rng.permutation(ctrl)[:MAX_CELLS])
+            if key.cell_type not in controls:
+                rows = is_ctrl & (table["cell_type"].to_numpy() == key.cell_type)
+                rows = np.intersect1d(np.flatnonzero(rows), train_rows)
+                rows = np.sort(rng.permutation(rows)[:MAX_CELLS])
+                controls[key.cell_type] = (rows, self._labelled_anndata(rows, table))
+            ctrl, ctrl_adata = controls[key.cell_type]
             real = np.sort(rng.permutation(real_rows[key])[:MAX_CELLS])
             if len(ctrl) < 2 or len(real) < 2:
                 continue
@@ -261,17 +277,21 @@ class InnerValidationMixin:
                     dose=None if np.isnan(dose) else float(dose),
                     cell_type=key.cell_type,
                     kind=kind,
-                    controls=self._labelled_anndata(ctrl, table),
+                    controls=ctrl_adata,
                     real=_dense(self._labelled_anndata(real, table).X),
                 )
             )
         return InnerSplit(inner_adata, conditions, len(table)) if conditions else None
 
-    def _train_inner_model(self, split: InnerSplit, train_kwargs: dict):
-        """The inner model, trained for as many optimisation steps as the model itself."""
+    def _train_inner_model(
+        self, split: InnerSplit, train_kwargs: dict, fraction: float = INNER_FRACTION
+    ):
+        """The inner model, trained for ``fraction`` of the optimisation steps of a model
+        trained from scratch (:data:`~._warm_start.INNER_FRACTION`: the model then starts from
+        it)."""
         inner = self._inner_model(split.adata)
         batch = int(train_kwargs.get("batch_size", 128))
-        steps = int(train_kwargs["max_epochs"]) * int(np.ceil(split.n_cells / batch))
+        steps = fraction * int(train_kwargs["max_epochs"]) * int(np.ceil(split.n_cells / batch))
         epochs = max(1, int(round(steps / np.ceil(split.adata.n_obs / batch))))
         inner.train(**{**train_kwargs, "max_epochs": epochs}, calibrate=False)
         return inner
@@ -286,21 +306,9 @@ class InnerValidationMixin:
         # this model, or of the inner model in benchmarks/defaults.py)
         measured = "measured" in (self._switches().baselines, inner._switches().baselines)
         baselines = MEASURED if measured else BASELINES
+        predicted = _predict_conditions(inner, split.conditions, has_types, seed, predict_kwargs)
         rows = []
-        for cond in split.conditions:
-            with warnings.catch_warnings():  # held-out tokens may be unknown to the inner model
-                warnings.simplefilter("ignore", UserWarning)
-                P = inner.predict(
-                    cond.controls,
-                    cond.perturbation,
-                    cell_type=cond.cell_type if has_types else None,
-                    dose=cond.dose,
-                    calibrate=False,
-                    progress_bar=False,
-                    seed=seed,
-                    allow_unknown=True,
-                    **predict_kwargs,
-                ).X
+        for cond, P in zip(split.conditions, predicted, strict=True):
             X = _dense(cond.controls.X)
             cts = np.full(X.shape[0], cond.cell_type)
             score = _Scorer(cond.real, X)
@@ -361,6 +369,39 @@ class _Scorer:
             "emd": emd(Q, self.real),
             "de_overlap": de_overlap(Q, None, self.inputs, real_top=self.real_top),
         }
+
+
+def _predict_conditions(
+    inner, conditions: list[InnerCondition], has_types: bool, seed: int, predict_kwargs: dict
+) -> list[np.ndarray]:
+    """Each condition's predicted cells (the model alone), in one ``predict`` call per set of
+    input cells: the cells are encoded once and decoded under each of their conditions (each
+    condition's random draws depend on the seed and the condition only, so the cells are those
+    of a call per condition)."""
+    groups: dict[int, list[int]] = {}
+    for i, cond in enumerate(conditions):
+        groups.setdefault(id(cond.controls), []).append(i)
+    out: list[np.ndarray | None] = [None] * len(conditions)
+    for members in groups.values():
+        first = conditions[members[0]]
+        doses = [conditions[i].dose for i in members]
+        with warnings.catch_warnings():  # held-out tokens may be unknown to the inner model
+            warnings.simplefilter("ignore", UserWarning)
+            X = inner.predict(
+                first.controls,
+                [conditions[i].perturbation for i in members],
+                cell_type=first.cell_type if has_types else None,
+                dose=None if all(d is None for d in doses) else doses,
+                calibrate=False,
+                progress_bar=False,
+                seed=seed,
+                allow_unknown=True,
+                **predict_kwargs,
+            ).X
+        n = first.controls.n_obs
+        for j, i in enumerate(members):
+            out[i] = np.asarray(X[j * n : (j + 1) * n])
+    return out
 
 
 def _cap_rows(rows: np.ndarray, ids: np.ndarray, max_cells: int, rng) -> np.ndarray:
