@@ -730,7 +730,7 @@ def calibration_report(result: dict | None) -> list[str]:
         f"alternating): with the calibration (the default) {runs(result['with_s'])} s, "
         f"`train(calibrate=False)` {runs(result['without_s'])} s: ratio of the means "
         f"**{result['ratio']:.2f}x** (target at most 1.3x). With the calibration the inner "
-        "model trains half the steps and the model, started from it, a quarter.",
+        "model trains half the steps and the model, started from it, the other half.",
     ]
 
 
