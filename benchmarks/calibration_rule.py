@@ -31,10 +31,11 @@ from defaults import held_out_choices
 from scdoloris.model import _calibration
 
 
-def lowest_mean_only(frame: pd.DataFrame, kind: str) -> tuple[str, float, str]:
+def lowest_mean_only(frame: pd.DataFrame, kind: str, *args, **rule) -> tuple[str, float, str]:
     """The first version of ``_calibration._choose``: the candidate with the lowest mean loss
     replaces the default when its paired gain is more than one standard error, else the
-    default stays (even when another candidate's gain is clear)."""
+    default stays (even when another candidate's gain is clear). It takes the current rule's
+    arguments (``blends``, ``clear_se``, ...) and ignores them."""
     default = _calibration._default_candidate(frame, kind)
     table = _calibration._loss_table(frame)
     if default not in table.columns or len(table) < _calibration.MIN_EVIDENCE:

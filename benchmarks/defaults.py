@@ -143,21 +143,23 @@ def study_fold(
     return rows
 
 
-def fit(scores: pd.DataFrame) -> Calibration:
+def fit(scores: pd.DataFrame, **rule) -> Calibration:
     """The calibration of ``scores`` among the blends they score (an ablation's cell blend
-    alone when it is the only one)."""
+    alone when it is the only one); ``rule``: ``Calibration.fit``'s keyword arguments
+    (``clear_se``, ``no_worse_se``, ``metrics``)."""
     blends = tuple(b for b in BLENDS if b in set(scores["blend"])) or (CELL_BLEND,)
-    return Calibration.fit(scores, blends)
+    return Calibration.fit(scores, blends, **rule)
 
 
-def held_out_choices(scores: pd.DataFrame) -> pd.DataFrame:
+def held_out_choices(scores: pd.DataFrame, **rule) -> pd.DataFrame:
     """Per inner condition, the scores of the candidate that a calibration fitted on the OTHER
     inner conditions chooses for its kind (leave one condition out: the choice is not made on
     the condition it is scored on); indexed by condition, with the choice's ``baseline``,
-    ``weight``, ``blend`` and its scores (``e_distance``, ``emd``, ``de_overlap``)."""
+    ``weight``, ``blend`` and its scores (``e_distance``, ``emd``, ``de_overlap``); ``rule``:
+    passed to :func:`fit`."""
     rows = {}
     for cond, frame in scores.groupby("condition"):
-        rest = fit(scores[scores["condition"] != cond])
+        rest = fit(scores[scores["condition"] != cond], **rule)
         choice = rest.choice(frame["kind"].iloc[0])
         held = frame[is_candidate(frame, choice)].iloc[0]
         rows[cond] = dict(zip(("baseline", "weight", "blend"), choice, strict=True))
