@@ -27,7 +27,9 @@ and is used as
 
 Switches of the module (:class:`ModuleSwitches`) are saved with the model; switches of the
 prediction (:class:`PredictionSwitches`) hold inside the ``applied`` block only; the training
-plan's settings (``lr_schedule``) go to ``train``'s ``plan_kwargs``.
+plan's settings (``lr_schedule``) go to ``train``'s ``plan_kwargs``. The switches and the values
+they take are defined in ``scdoloris/_switches.py``, below the model and the module that read
+them, and re-exported here.
 """
 
 from __future__ import annotations
@@ -37,6 +39,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+# the values each switch takes stay importable from here, where they were defined before
+from ._switches import (  # noqa: F401
+    BASELINE_SETS,
+    BLEND_MODES,
+    MASK_MODES,
+    UNSEEN_PRIORS,
+    ModuleSwitches,
+    PredictionSwitches,
+    check_choice,
+)
+
 __all__ = [
     "ABLATIONS",
     "ModuleSwitches",
@@ -45,104 +58,6 @@ __all__ = [
     "Variant",
     "variant",
 ]
-
-
-def _check(name: str, value, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
-
-
-@dataclass(frozen=True)
-class ModuleSwitches:
-    """Switches of :class:`~scdoloris.module.DolorisModule` (its ``ablation`` argument).
-
-    The defaults are the method. ``use_mask=False``: no mask network, the diffusion loss
-    covers all genes (the paper's "no mask"; predict with ``mask="none"``).
-    ``use_control_state=False``: no control-state input to the target model (the paper's
-    "no mu/sigma"). ``target_on_controls=False``: the target model never sees control cells
-    under the control token. ``source_on_all_genes``: the source model's loss covers all
-    genes. ``token_dropout``: the rate at which the learned part of a featured token is dropped
-    in training (:class:`~scdoloris.module.PerturbationEncoder`). ``prior="none"``: no additive
-    prior (the paper's model). ``unseen_prior``: what the prior adds for a gene token never
-    perturbed in training, ``"detection"`` (the mask's logits), ``"both"`` (also expressed
-    values) or ``"none"``. ``cell_type_prior="similarity"``: per-cell-type token effects,
-    transferred to cell types where a token was never measured by control-profile similarity.
-    ``mask_network="graph"``: the graph-attention mask network
-    (:class:`~scdoloris.module.GeneGraphMaskNetwork`). ``target_control_state`` and
-    ``mask_control_state``: ``"gaussian"`` draws the heterogeneity condition of training
-    around the control mean (the paper) instead of taking real control cells.
-    """
-
-    use_mask: bool = True
-    use_control_state: bool = True
-    target_on_controls: bool = True
-    source_on_all_genes: bool = False
-    token_dropout: float = 0.3
-    prior: str = "additive"
-    unseen_prior: str = "detection"
-    cell_type_prior: str = "pooled"
-    mask_network: str = "mlp"
-    target_control_state: str = "cells"
-    mask_control_state: str = "cells"
-
-    def __post_init__(self):
-        _check("prior", self.prior, ("additive", "none"))
-        _check("unseen_prior", self.unseen_prior, UNSEEN_PRIORS)
-        _check("cell_type_prior", self.cell_type_prior, ("similarity", "pooled"))
-        _check("mask_network", self.mask_network, ("graph", "mlp"))
-        _check("target_control_state", self.target_control_state, ("cells", "gaussian"))
-        _check("mask_control_state", self.mask_control_state, ("cells", "gaussian"))
-
-
-UNSEEN_PRIORS = ("detection", "both", "none")
-MASK_MODES = ("coherent", "coupled", "bernoulli", "none")
-BLEND_MODES = ("calibrated", "scaled", "cells")
-BASELINE_SETS = ("both", "measured")
-
-
-@dataclass(frozen=True)
-class PredictionSwitches:
-    """Switches of :meth:`~scdoloris.DolorisModel.predict` (inside :meth:`Variant.applied`).
-
-    ``mask``: how the mask network's probabilities become the expressed genes,
-    ``"coupled"`` (the method: each control cell keeps its own pattern, changed as little as
-    the predicted detection rates need), ``"coherent"`` (the paper's subset matching: real
-    training masks of the nearest training condition, comparing ``mask_top_genes`` genes and
-    switching genes with probability at most / at least ``mask_thresholds`` off / on),
-    ``"bernoulli"`` (independent draws) or ``"none"`` (the raw diffusion output). ``start``:
-    ``"latent"`` (the bridge), ``"noise"`` (decode from N(0, I): the paper's "no latent") or
-    ``"auto"`` (noise for cell types never seen perturbed in training). ``residual``:
-    ``"values"`` (the method: the input cells moved by the predicted change of expressed
-    values), ``"full"`` (the coupled mask's detection rates move by the mask network's
-    predicted change too) or ``"none"`` (the decoded cells, the paper). ``depth``: the
-    fraction of the diffusion time the bridge goes through, in (0, 1]. ``blend``: how the
-    calibration blends the model with a baseline, ``"calibrated"`` (the method: as the inner
-    validation chose per kind, the model's cells scaled per gene to the blended means unless
-    averaging each cell with the baseline's prediction of it, or scaling the input cells, did
-    clearly better), ``"cells"`` or ``"scaled"`` (always that one; in the inner validation's
-    scores too). ``baselines``:
-    the baselines the inner validation scores, ``"both"`` (the method: each measured change
-    and the same change shrunk by its sampling noise) or ``"measured"`` (the measured changes
-    only, the previous method).
-    """
-
-    mask: str = "coupled"
-    start: str = "latent"
-    residual: str = "values"
-    depth: float = 1.0
-    mask_top_genes: int = 300
-    mask_thresholds: tuple[float, float] = (0.01, 0.99)
-    blend: str = "calibrated"
-    baselines: str = "both"
-
-    def __post_init__(self):
-        _check("mask", self.mask, MASK_MODES)
-        _check("blend", self.blend, BLEND_MODES)
-        _check("baselines", self.baselines, BASELINE_SETS)
-        _check("start", self.start, ("latent", "noise", "auto"))
-        _check("residual", self.residual, ("values", "full", "none"))
-        if not 0.0 < self.depth <= 1.0:
-            raise ValueError(f"depth must be in (0, 1], got {self.depth}.")
 
 
 #: Settings of the training plan (``train(plan_kwargs=...)``) that are ablations, and their
@@ -277,5 +192,5 @@ def variant(name: str | Mapping[str, Any] | None = None, /, **switches) -> Varia
     ModuleSwitches(**out.module)  # validate now, not when the model is built
     PredictionSwitches(**out.predict)
     for key, value in out.plan.items():
-        _check(key, value, PLAN_SWITCHES[key])
+        check_choice(key, value, PLAN_SWITCHES[key])
     return out

@@ -521,9 +521,6 @@ def run_demo(
     )
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m scdoloris.demo [--fast ...]`
-    import sys
-
-    from .cli import app
-
-    app(["demo", *sys.argv[1:]], prog_name="scdoloris")
+if __name__ == "__main__":  # pragma: no cover - the command line runs the demo, not this module
+    # the command line (scdoloris.cli) imports this module; this one does not import it back
+    raise SystemExit("Run the demo with `scdoloris demo` or `python -m scdoloris demo`.")

@@ -26,14 +26,13 @@ from scvi.model.base._save_load import _initialize_model, _load_saved_files
 from .. import __version__
 from .._anndata_utils import gene_id_hint
 from .._logging import quiet
+from .._switches import ModuleSwitches
 from .._threads import predict_threads, resolve_num_threads, torch_threads
-from ..ablations import ModuleSwitches
 from ..module import DolorisModule
 from ..train import DolorisTrainingPlan
 from ._calibrated import CalibrationMixin
 from ._conditions import predict_table
-from ._data import ModelDataMixin
-from ._data import _read_rows as _read_rows  # noqa: F401  (the inner validation reads rows with it)
+from ._data import ModelDataMixin, _read_rows
 from ._file_format import FILE_FORMAT, check_module_options, check_saved, upgrade
 from ._inner_validation import InnerValidationMixin
 from ._molecule_mixin import MoleculeDoseMixin
@@ -221,7 +220,6 @@ class DolorisModel(
         cells of the training data, spread evenly (what ``predict``'s input is compared with)."""
         from .._constants import REGISTRY_KEYS
         from .._perturbation import control_rows
-        from ._data import _read_rows
 
         rows = np.flatnonzero(control_rows(self._registered_tokens()))
         if len(rows) > SCALE_CELLS:

@@ -26,7 +26,7 @@ from dataclasses import fields
 import torch
 
 from .. import __version__
-from ..ablations import ModuleSwitches
+from .._switches import ModuleSwitches
 from ..module import DolorisModule
 from ..module._doloris import DENOISER_DEFAULTS, GRAPH_DEFAULTS, MASK_DEFAULTS, MOLECULE_DEFAULTS
 

@@ -29,6 +29,7 @@ from ._calibration import (
     blend,
     plan_validation,
 )
+from ._data import _read_rows
 from ._warm_start import INNER_FRACTION, phase
 
 logger = logging.getLogger(__name__)
@@ -159,8 +160,6 @@ class InnerValidationMixin:
     def _labelled_anndata(self, rows: np.ndarray, table: pd.DataFrame) -> ad.AnnData:
         """An in-memory AnnData of registered cells ``rows`` with the columns of
         :class:`BaselineShifts` and of the inner model's setup."""
-        from ._doloris import _read_rows
-
         X = _read_rows(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY), rows)
         X = X.tocsr() if sparse.issparse(X) else np.asarray(X)
         obs = pd.DataFrame(

@@ -27,7 +27,7 @@ from .._anndata_utils import aligned_rows, check_log_normalised, did_you_mean, p
 from .._constants import PAD, UNKNOWN
 from .._fields import tokenize_column
 from .._perturbation import format_tokens, parse_perturbation
-from ..ablations import PredictionSwitches
+from .._switches import PredictionSwitches
 from ..module import MaskBank
 from ..module._mask_sampler import MaskSampler, mask_sampler
 from ..module._residual import residual_expression

@@ -10,8 +10,10 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
 from .._constants import PAD, REGISTRY_KEYS
-from ..ablations import ModuleSwitches
-from . import _bridge as bridge
+from .._switches import ModuleSwitches
+from ._bridge import DiffusionSchedule, preconditioning
+from ._bridge import decode as bridge_decode
+from ._bridge import encode as bridge_encode
 from ._control_state import ControlStates
 from ._denoiser import Denoiser
 from ._dose import encode_dose
@@ -170,7 +172,7 @@ class DolorisModule(BaseModuleClass):
         self.prior.enabled = switches.prior == "additive"
         self.prior.unseen = switches.unseen_prior
         self.control_states = ControlStates(n_cell_types, n_genes)
-        self.schedule = bridge.DiffusionSchedule(n_timesteps)
+        self.schedule = DiffusionSchedule(n_timesteps)
 
         def perturbation_encoder() -> PerturbationEncoder:
             encoder = None
@@ -326,7 +328,7 @@ class DolorisModule(BaseModuleClass):
     def _x0_hat(self, net, x_t, control_state, t, cond, head, control_proj=None):
         """x0 prediction with EDM preconditioning (see :func:`preconditioning`)."""
         alpha_bar = self.schedule.alpha_bar[t].unsqueeze(-1)
-        c_in, c_skip, c_out = bridge.preconditioning(alpha_bar, self.sigma_data)
+        c_in, c_skip, c_out = preconditioning(alpha_bar, self.sigma_data)
         y = x_t / alpha_bar.sqrt()
         out = net(c_in * y, control_state, t, cond, head=head, control_proj=control_proj)
         return c_skip * y + c_out * out
@@ -483,7 +485,7 @@ class DolorisModule(BaseModuleClass):
             tt = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
             return self.source(x_t, tt, cond)
 
-        return bridge.encode(x0c, x0_fn, self.schedule, self.sigma_data, n_steps, depth, generator)
+        return bridge_encode(x0c, x0_fn, self.schedule, self.sigma_data, n_steps, depth, generator)
 
     @torch.inference_mode()
     def decode(
@@ -515,7 +517,7 @@ class DolorisModule(BaseModuleClass):
             tt = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
             return self.target(x_t, control_state, tt, cond, control_proj)
 
-        x0c = bridge.decode(latent, x0_fn, self.schedule, n_steps, depth)
+        x0c = bridge_decode(latent, x0_fn, self.schedule, n_steps, depth)
         return x0c + self.prior.expressed(cell_type, vocab_idx, node_idx, dose)
 
     @torch.inference_mode()

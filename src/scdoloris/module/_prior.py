@@ -20,7 +20,7 @@ from torch import nn
 
 from .._constants import PAD, UNKNOWN
 from .._perturbation import control_rows
-from ..ablations import UNSEEN_PRIORS
+from .._switches import UNSEEN_PRIORS
 from ._dose import dose_prior_weights
 
 
