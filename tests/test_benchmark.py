@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+EXPERIMENTS = BENCH / "experiments"  # the one-off studies behind the defaults
 FILES = {
     "norman": "norman2019_k562_subset.h5ad",
     "papalexi": "papalexi2021_thp1.h5ad",
@@ -30,10 +31,15 @@ TINY_METHODS = {
 
 
 def _load(name: str):
-    """Import benchmarks/<name>.py (benchmarks/ is a folder of scripts, not a package)."""
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    """Import benchmarks/<name>.py or benchmarks/experiments/<name>.py (folders of scripts, not
+    packages; each on ``sys.path``, as for a script run from its folder)."""
+    for folder in (EXPERIMENTS, BENCH):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+    path = BENCH / f"{name}.py"
+    if not path.exists():
+        path = EXPERIMENTS / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)

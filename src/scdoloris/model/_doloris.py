@@ -54,7 +54,8 @@ from ._warm_start import FINAL_FRACTION, phase, warm_start
 
 EXIT_SIGTERM = 128 + signal.SIGTERM  # the shell's status of a process stopped by SIGTERM
 #: Optimisation steps of ``train()`` without ``max_epochs``: the shortest length whose inner
-#: validation error matched 2000 steps (benchmarks/defaults.py; numbers in docs/guide/training.md).
+#: validation error matched 2000 steps (benchmarks/experiments/defaults.py; numbers in
+#: docs/guide/training.md).
 DEFAULT_TRAIN_STEPS = 600
 
 

@@ -302,7 +302,7 @@ class InnerValidationMixin:
         has_types = "cell_type" in split.adata.obs
         blends = self._candidate_blends(inner)
         # the baselines scored: measured and shrunk changes, or measured only (an ablation of
-        # this model, or of the inner model in benchmarks/defaults.py)
+        # this model, or of the inner model in benchmarks/experiments/defaults.py)
         measured = "measured" in (self._switches().baselines, inner._switches().baselines)
         baselines = MEASURED if measured else BASELINES
         predicted = _predict_conditions(inner, split.conditions, has_types, seed, predict_kwargs)

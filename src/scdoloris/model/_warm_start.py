@@ -23,8 +23,8 @@ TOKEN_TABLE_SUFFIX = "learned.weight"
 #: with the calibration, the inner model trains this fraction of the steps of a model trained
 #: from scratch, and the model, started from it, this fraction: together one training run
 #: instead of two. Chosen one level down on the inner validation of the benchmark's folds
-#: (benchmarks/train_once.py; benchmarks/README.md, "Train once"): there (0.5, 0.5) scored as
-#: well as training both from scratch within noise, where (0.5, 0.25) and (1, 0.25) lost
+#: (benchmarks/experiments/train_once.py; benchmarks/README.md, "Train once"): there (0.5, 0.5)
+#: scored as well as training both from scratch within noise, where (0.5, 0.25) and (1, 0.25) lost
 #: E-distance and EMD on Kang's held-out cell types
 INNER_FRACTION = 0.5
 FINAL_FRACTION = 0.5

@@ -29,20 +29,26 @@ scores are within noise of each other.
 
 Usage::
 
-    python benchmarks/downstream_calibration.py benchmarks/downstream/scores_*.csv.gz
+    python benchmarks/experiments/downstream_calibration.py benchmarks/experiments/downstream/scores_*.csv.gz
 """
 
 from __future__ import annotations
 
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import run
-from _machine import run_record
 
 from scdoloris.model._calibration import BLENDS, MEASURED, Calibration, is_candidate
+
+# benchmarks/ is a folder of scripts, not a package: its modules (run.py, tasks.py,
+# _machine.py) are imported from there; this folder's own are beside the script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import run  # noqa: E402
+from _machine import run_record  # noqa: E402
 
 KEY = ["task", "fold", "seed"]
 METRICS = {"E": "e_distance", "EMD": "emd", "DE": "de_overlap"}

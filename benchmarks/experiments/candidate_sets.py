@@ -15,12 +15,18 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import run
-from _machine import run_record
-from defaults import held_out_choices
+
+# benchmarks/ is a folder of scripts, not a package: its modules (run.py, tasks.py,
+# _machine.py) are imported from there; this folder's own are beside the script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import run  # noqa: E402
+from _machine import run_record  # noqa: E402
+from defaults import held_out_choices  # noqa: E402
 
 KEY = ["task", "fold", "seed"]
 Sets = Callable[[pd.DataFrame], dict[str, pd.DataFrame]]  # one fold-seed's scores, by set

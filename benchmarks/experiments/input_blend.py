@@ -16,8 +16,8 @@ against ``without input`` ± SE.
 
 Usage::
 
-    python benchmarks/defaults.py --tasks ... --seeds 0,1,2 --scores scores.csv
-    python benchmarks/input_blend.py benchmarks/input/scores_*.csv.gz
+    python benchmarks/experiments/defaults.py --tasks ... --seeds 0,1,2 --scores scores.csv
+    python benchmarks/experiments/input_blend.py benchmarks/experiments/input/scores_*.csv.gz
 """
 
 from __future__ import annotations

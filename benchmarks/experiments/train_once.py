@@ -21,9 +21,9 @@ trained. Paired per condition against ``fresh``.
 
 Usage::
 
-    python benchmarks/train_once.py --tasks norman_pairs,kang_cell_type --folds 0 \\
+    python benchmarks/experiments/train_once.py --tasks norman_pairs,kang_cell_type --folds 0 \\
         --seeds 0,1 --variants 1:0.25 0.5:0.5 --threads 1 --out <csv>
-    python benchmarks/train_once.py --report <csv> [<csv> ...]
+    python benchmarks/experiments/train_once.py --report <csv> [<csv> ...]
 """
 
 from __future__ import annotations
@@ -37,12 +37,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import run
-import tasks
-from _machine import run_record
 
 from scdoloris.model._calibration import BLENDS, Calibration, is_candidate
 from scdoloris.model._warm_start import warm_start
+
+# benchmarks/ is a folder of scripts, not a package: its modules (run.py, tasks.py,
+# _machine.py) are imported from there; this folder's own are beside the script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import run  # noqa: E402
+import tasks  # noqa: E402
+from _machine import run_record  # noqa: E402
 
 METRICS = {"E": "e_distance", "EMD": "emd", "DE": "de_overlap"}
 

@@ -10,7 +10,7 @@ cells only).
 
 Usage::
 
-    python benchmarks/defaults.py --tasks norman_pairs,kang_cell_type \\
+    python benchmarks/experiments/defaults.py --tasks norman_pairs,kang_cell_type \\
         --train "steps=250" "steps=600" "steps=2000" --predict "n_steps=10" "n_steps=50"
 
 ``--train`` settings: ``steps=N`` (optimisation steps), switches of ``scdoloris.ablations``
@@ -35,11 +35,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import run
-import tasks
-from _machine import run_record
 
 from scdoloris.model._calibration import BLENDS, CELL_BLEND, Calibration, is_candidate
+
+# benchmarks/ is a folder of scripts, not a package: its modules (run.py, tasks.py,
+# _machine.py) are imported from there; this folder's own are beside the script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import run  # noqa: E402
+import tasks  # noqa: E402
+from _machine import run_record  # noqa: E402
 
 #: the inner metrics reported: column prefix -> score column
 METRICS = {"E": "e_distance", "EMD": "emd", "DE": "de_overlap"}

@@ -9,22 +9,28 @@ chooses nothing: it measures how much weaker the baseline the inner validation s
 
 Usage::
 
-    python benchmarks/transfer_baseline.py
+    python benchmarks/experiments/transfer_baseline.py
 """
 
 from __future__ import annotations
 
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import run
-import tasks
-from _machine import run_record
 
 from scdoloris import baselines
 from scdoloris.metrics import e_distance, emd
+
+# benchmarks/ is a folder of scripts, not a package: its modules (run.py, tasks.py,
+# _machine.py) are imported from there; this folder's own are beside the script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import run  # noqa: E402
+import tasks  # noqa: E402
+from _machine import run_record  # noqa: E402
 
 
 def mean_shifts(fold: tasks.Fold) -> dict[str, baselines.MeanShift]:

@@ -12,8 +12,8 @@ are never read.
 
 Usage::
 
-    python benchmarks/defaults.py --tasks papalexi_replicate --seeds 0,1,2 --scores inner.csv
-    python benchmarks/calibration_rule.py inner.csv [more.csv ...]
+    python benchmarks/experiments/defaults.py --tasks papalexi_replicate --seeds 0,1,2 --scores inner.csv
+    python benchmarks/experiments/calibration_rule.py inner.csv [more.csv ...]
 """
 
 from __future__ import annotations
@@ -21,14 +21,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import run
-from _machine import run_record
-from defaults import held_out_choices
 
 from scdoloris.model import _calibration
+
+# benchmarks/ is a folder of scripts, not a package: its modules (run.py, tasks.py,
+# _machine.py) are imported from there; this folder's own are beside the script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import run  # noqa: E402
+from _machine import run_record  # noqa: E402
+from defaults import held_out_choices  # noqa: E402
 
 
 def lowest_mean_only(frame: pd.DataFrame, kind: str, *args, **rule) -> tuple[str, float, str]:

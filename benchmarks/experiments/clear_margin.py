@@ -11,7 +11,7 @@ E-distance and EMD with its paired difference from the margin ``--reference`` (Â
 
 Usage::
 
-    python benchmarks/clear_margin.py benchmarks/shrink/scores_*.csv.gz
+    python benchmarks/experiments/clear_margin.py benchmarks/experiments/shrink/scores_*.csv.gz
 """
 
 from __future__ import annotations
@@ -19,14 +19,20 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import run
-from _machine import run_record
-from defaults import held_out_choices
 
 from scdoloris.model import _calibration
+
+# benchmarks/ is a folder of scripts, not a package: its modules (run.py, tasks.py,
+# _machine.py) are imported from there; this folder's own are beside the script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import run  # noqa: E402
+from _machine import run_record  # noqa: E402
+from defaults import held_out_choices  # noqa: E402
 
 KEY = ["task", "fold", "seed"]
 

@@ -17,8 +17,8 @@ against ``measured`` ± SE.
 
 Usage::
 
-    python benchmarks/defaults.py --tasks ... --seeds 0,1,2 --scores scores.csv
-    python benchmarks/shrunk_baselines.py benchmarks/shrink/scores_*.csv.gz
+    python benchmarks/experiments/defaults.py --tasks ... --seeds 0,1,2 --scores scores.csv
+    python benchmarks/experiments/shrunk_baselines.py benchmarks/experiments/shrink/scores_*.csv.gz
 """
 
 from __future__ import annotations
