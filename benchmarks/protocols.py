@@ -1,7 +1,8 @@
 """Benchmark protocols: fixed, documented train / input / held-out splits of the shared data.
 
 Every protocol function reads one file of ``../shared/data`` (raw counts), log-normalises a copy
-(``normalize_total`` then ``log1p``) and returns a :class:`Split`:
+(``normalize_total`` then ``log1p``: ``tasks.read_log_normalised``, the benchmark's reader) and
+returns a :class:`Split`:
 
 ``train``
     The cells every method is fitted on (control cells and the seen conditions).
@@ -25,25 +26,16 @@ another seed is passed; they do not depend on the seeds of the methods.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import NamedTuple
 
 import anndata as ad
 import numpy as np
+from tasks import DATA_DIR, KANG_FILE, NORMAN_FILE, PAPALEXI_FILE, SPLIT_SEED, read_log_normalised
 
-# the shared data folder: $SCDOLORIS_DATA (as the tests), else ../shared/data beside the checkout
-DATA_DIR = Path(
-    os.environ.get("SCDOLORIS_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
-)
-SPLIT_SEED = 0
-
-NORMAN_FILE = "norman2019_k562_subset.h5ad"
 NORMAN_PAIRS = ("KLF1+MAP2K6", "KLF1+TGFBR2", "MAP2K3+MAP2K6", "MAP2K3+SLC38A2", "MAPK1+TGFBR2")
-PAPALEXI_FILE = "papalexi2021_thp1.h5ad"
 PAPALEXI_TARGETS = ("JAK2", "IFNGR2", "STAT2", "NFKBIA", "CMTM6")
 PAPALEXI_MAX_CELLS = 300
-KANG_FILE = "kang2018_pbmc_ifnb.h5ad"
 KANG_CELL_TYPES = ("CD14+ Monocytes", "B cells")
 
 
@@ -63,39 +55,6 @@ class Split(NamedTuple):
     real: ad.AnnData
     conditions: list[Condition]
     setup: dict
-
-
-def read_log_normalised(name: str, data_dir: Path | str = DATA_DIR) -> ad.AnnData:
-    """Read ``data_dir / name`` (raw counts) and return a log-normalised copy.
-
-    Parameters
-    ----------
-    name
-        File name in the shared data folder.
-    data_dir
-        The shared data folder.
-
-    Returns
-    -------
-    The AnnData with ``X`` replaced by ``log1p(normalize_total(counts))``.
-
-    Raises
-    ------
-    FileNotFoundError
-        If the file is absent (the shared data folder is not beside the checkout).
-    """
-    import scanpy as sc
-
-    path = Path(data_dir) / name
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} not found: the benchmark needs the shared data folder ../shared/data "
-            "beside the repository checkout."
-        )
-    adata = sc.read_h5ad(path)
-    sc.pp.normalize_total(adata)
-    sc.pp.log1p(adata)
-    return adata
 
 
 def cap_per_group(labels: np.ndarray, max_cells: int | None, rng: np.random.Generator):

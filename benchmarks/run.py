@@ -27,7 +27,6 @@ import report
 import scgen
 import tasks
 from _machine import run_record
-from scipy import sparse
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_DIR = Path(__file__).resolve().parent
@@ -92,10 +91,6 @@ class Config:
     peer_steps: dict[str, int] = field(default_factory=dict)
 
 
-def _dense(X) -> np.ndarray:
-    return np.asarray(X.toarray() if sparse.issparse(X) else X, dtype=np.float32)
-
-
 def _quiet() -> None:
     """Silence the training loggers' and libraries' chatter (not the benchmark's output)."""
     import scvi
@@ -155,7 +150,7 @@ def predict_doloris(
             allow_unknown=True,
             **kw,
         )
-    return _dense(pred.X), time.perf_counter() - start
+    return tasks.dense(pred.X), time.perf_counter() - start
 
 
 def fit_baselines(fold: tasks.Fold) -> dict:
@@ -182,7 +177,7 @@ def predict_baseline(model, name: str, fold: tasks.Fold, cond: tasks.Condition, 
             if name != "Additive":
                 raise
             pred = model["MeanShift"].predict(ctrl, cond.perturbation, cell_type=cond.cell_type)
-    return _dense(pred.X)
+    return tasks.dense(pred.X)
 
 
 # ---------------------------------------------------------------------------------- scoring
@@ -239,8 +234,10 @@ def run_job(name: str, index: int, seed: int | None, config: Config) -> dict:
     start = time.perf_counter()
     fold = next(tasks.folds(name, only=[index], max_cells=config.max_cells))
     conds = fold.conditions
-    reals = {c.name: _dense(fold.real[c.name].X) for c in conds}
-    inputs = {(v, c.name): _dense(fold.input_cells(c, v).X) for v in config.views for c in conds}
+    reals = {c.name: tasks.dense(fold.real[c.name].X) for c in conds}
+    inputs = {
+        (v, c.name): tasks.dense(fold.input_cells(c, v).X) for v in config.views for c in conds
+    }
     out = {"rows": [], "means": {}, "calibration": None, "cells": {}, "genes": None, "peers": []}
     out["real_means"] = {c: R.mean(0) for c, R in reals.items()}
     if config.cell_eval:  # the main view's cells, for cell-eval (cell_eval_scores.py)

@@ -95,7 +95,6 @@ import warnings
 
 import numpy as np
 import tasks
-from scipy import sparse
 
 # pertpy.tools.Scgen's defaults, which are the paper's: z = 100, 2 x 800, dropout 0.2, KL 5e-5
 SCGEN_MODEL = {"n_hidden": 800, "n_latent": 100, "n_layers": 2, "dropout_rate": 0.2}
@@ -110,10 +109,6 @@ SCGEN_TRAIN = {
     "early_stopping_monitor": "reconstruction_loss_validation",
     "plan_kwargs": {"lr": 1e-3},
 }
-
-
-def _dense(X) -> np.ndarray:
-    return np.asarray(X.toarray() if sparse.issparse(X) else X, dtype=np.float32)
 
 
 def train_scgen(fold: tasks.Fold, seed: int, max_epochs: int | None = None):
@@ -243,4 +238,4 @@ def predict_scgen(
         warnings.simplefilter("ignore")
         z = model.get_latent_representation(ctrl)
         pred = model.module.as_bound().generative(z + delta)["px"]
-    return _dense(np.asarray(pred))
+    return tasks.dense(np.asarray(pred))

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+from scipy import sparse
 
 # the shared data folder: $SCDOLORIS_DATA (as the tests), else ../shared/data beside the checkout
 DATA_DIR = Path(
@@ -102,6 +103,17 @@ class TaskKind:
 def read_log_normalised(name: str, data_dir: Path | str = DATA_DIR) -> ad.AnnData:
     """Read ``data_dir / name`` (raw counts) and return a log-normalised copy.
 
+    Parameters
+    ----------
+    name
+        File name in the shared data folder.
+    data_dir
+        The shared data folder.
+
+    Returns
+    -------
+    The AnnData with ``X`` replaced by ``log1p(normalize_total(counts))``.
+
     Raises
     ------
     FileNotFoundError
@@ -119,6 +131,11 @@ def read_log_normalised(name: str, data_dir: Path | str = DATA_DIR) -> ad.AnnDat
     sc.pp.normalize_total(adata)
     sc.pp.log1p(adata)
     return adata
+
+
+def dense(X) -> np.ndarray:
+    """A matrix of cells (sparse or dense) as a dense float32 array, as the metrics take it."""
+    return np.asarray(X.toarray() if sparse.issparse(X) else X, dtype=np.float32)
 
 
 TASKS = {

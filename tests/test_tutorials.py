@@ -152,9 +152,12 @@ def test_in_the_documentation(name):
 
 
 def _protocols():
-    """Import benchmarks/protocols.py (benchmarks/ is a folder of scripts, not a package)."""
+    """Import benchmarks/protocols.py (benchmarks/ is a folder of scripts, not a package: on
+    ``sys.path`` for the modules it imports, as for a script run from there)."""
     if "protocols" in sys.modules:
         return sys.modules["protocols"]
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location("protocols", ROOT / "benchmarks" / "protocols.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["protocols"] = module

@@ -54,12 +54,12 @@ def scores(task: str = "papalexi_replicate") -> pd.DataFrame:
         models = mean_shifts(fold)
         for cond in fold.conditions:
             ctrl = fold.input_cells(cond, "train")
-            real = run._dense(fold.real[cond.name].X)
+            real = tasks.dense(fold.real[cond.name].X)
             for name, model in models.items():
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     pred = model.predict(ctrl, cond.perturbation, cell_type=cond.cell_type)
-                pred = run._dense(pred.X)
+                pred = tasks.dense(pred.X)
                 rows.append(
                     {
                         "condition": cond.name,

@@ -31,6 +31,23 @@ class RawCountsError(ValueError):
         self.max_value = max_value
 
 
+def dense(X, dtype: np.dtype | type | None = None) -> np.ndarray:
+    """A dense array of a matrix, sparse or dense.
+
+    Parameters
+    ----------
+    X
+        A SciPy sparse matrix or anything :func:`numpy.asarray` takes.
+    dtype
+        The array's dtype; ``None`` keeps the matrix's own.
+
+    Returns
+    -------
+    ``X`` as a :class:`numpy.ndarray` (not copied when it already is one of ``dtype``).
+    """
+    return np.asarray(X.toarray() if sparse.issparse(X) else X, dtype=dtype)
+
+
 def get_matrix(adata: ad.AnnData, layer: str | None = None):
     """Return ``adata.X`` or ``adata.layers[layer]`` (dense or sparse, not copied)."""
     if layer is None:

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING
 import anndata as ad
 import numpy as np
 import pandas as pd
-from scipy import sparse
+
+from ._anndata_utils import dense
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -201,11 +202,6 @@ def _balanced(pred: ad.AnnData, n_per: dict[str, int], seed: int) -> ad.AnnData:
     return pred[np.concatenate(keep)]
 
 
-def _dense(adata: ad.AnnData) -> np.ndarray:
-    X = adata.X.toarray() if sparse.issparse(adata.X) else adata.X
-    return np.asarray(X, dtype=np.float64)
-
-
 def _fmt(value: float) -> str:
     """A metric as the command line prints it."""
     return "nan" if value != value else f"{value:.3f}"
@@ -274,9 +270,9 @@ def draw_pairs(
     scores = metrics[(metrics["gene_set"] == "all") & (metrics["metric"] == "e_distance")]
     e_dist = scores.pivot_table(index="condition", columns="method", values="value")
     methods = list(dict.fromkeys(metrics["method"]))
-    x_ctrl = _dense(controls)
+    x_ctrl = dense(controls.X, np.float64)
     real_labels = real.obs["perturbation"].astype(str).to_numpy()
-    x_real_all = _dense(real[:, genes])
+    x_real_all = dense(real[:, genes].X, np.float64)
 
     n_cols = min(len(pairs), 4)
     n_rows = -(-len(pairs) // n_cols)
@@ -320,7 +316,7 @@ def draw_pairs(
         for method, pred in preds.items():
             cells = pred[(pred.obs["perturbation"].astype(str) == pair).to_numpy()]
             rows = rng.choice(cells.n_obs, size=min(len(x_real), cells.n_obs), replace=False)
-            groups[method] = project(_dense(cells[np.sort(rows)][:, genes]))
+            groups[method] = project(dense(cells[np.sort(rows)][:, genes].X, np.float64))
         groups["real"] = project(x_real)  # drawn last: the reference stays visible
         for group, z in groups.items():
             color = GROUP_COLORS.get(group, "#7f7f7f")

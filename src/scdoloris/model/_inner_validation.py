@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from .._anndata_utils import dense
 from .._constants import REGISTRY_KEYS
 from .._downstream import _SortedReference, de_overlap, top_de_by_wilcoxon
 from .._perturbation import format_tokens
@@ -277,7 +278,7 @@ class InnerValidationMixin:
                     cell_type=key.cell_type,
                     kind=kind,
                     controls=ctrl_adata,
-                    real=_dense(self._labelled_anndata(real, table).X),
+                    real=dense(self._labelled_anndata(real, table).X, np.float32),
                 )
             )
         return InnerSplit(inner_adata, conditions, len(table)) if conditions else None
@@ -308,7 +309,7 @@ class InnerValidationMixin:
         predicted = _predict_conditions(inner, split.conditions, has_types, seed, predict_kwargs)
         rows = []
         for cond, P in zip(split.conditions, predicted, strict=True):
-            X = _dense(cond.controls.X)
+            X = dense(cond.controls.X, np.float32)
             cts = np.full(X.shape[0], cond.cell_type)
             score = _Scorer(cond.real, X)
             # the model alone (weight 1) is the same prediction for every baseline: scored once
@@ -413,7 +414,3 @@ def _cap_rows(rows: np.ndarray, ids: np.ndarray, max_cells: int, rng) -> np.ndar
             mine = rng.choice(mine, max_cells, replace=False)
         out.append(mine)
     return np.sort(np.concatenate(out))
-
-
-def _dense(X) -> np.ndarray:
-    return np.asarray(X.toarray() if sparse.issparse(X) else X, dtype=np.float32)

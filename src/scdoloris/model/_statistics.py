@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from .._anndata_utils import dense
 from ..module._gene_graph import coexpression_edges, pca_gene_embedding
 
 MAX_COEXPRESSION_CELLS = 5000
@@ -58,10 +59,6 @@ def _rows_mean_std(X, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         sub = np.asarray(sub, dtype=np.float64)
         mean, sq = sub.mean(0), (sub**2).mean(0)
     return mean, np.sqrt(np.maximum(sq - mean**2, 0.0))
-
-
-def _dense(X) -> np.ndarray:
-    return X.toarray() if sparse.issparse(X) else np.asarray(X)
 
 
 def compute_statistics(
@@ -133,7 +130,7 @@ def compute_statistics(
         (np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(len(uniques), len(codes))
     )
     sizes = np.asarray(onehot.sum(1)).ravel()
-    means = np.asarray(_dense(onehot @ X), dtype=np.float64) / sizes[:, None]
+    means = np.asarray(dense(onehot @ X), dtype=np.float64) / sizes[:, None]
     pca = pca_gene_embedding(means, n_gene_components)
 
     # nodes: measured genes, then tokens and user genes that are not measured
@@ -159,7 +156,7 @@ def compute_statistics(
     if len(ctrl_rows) > MAX_COEXPRESSION_CELLS:
         rng = np.random.default_rng(seed)
         ctrl_rows = np.sort(rng.choice(ctrl_rows, MAX_COEXPRESSION_CELLS, replace=False))
-    edges = [coexpression_edges(_dense(X[ctrl_rows]), coexpression_threshold)]
+    edges = [coexpression_edges(dense(X[ctrl_rows]), coexpression_threshold)]
     if gene_graph is not None:
         pairs = np.asarray(gene_graph)[:, :2].astype(str)
         keep = [(node_pos[a], node_pos[b]) for a, b in pairs if a in node_pos and b in node_pos]
