@@ -152,6 +152,34 @@ def test_trains_on_cpu():
     assert _trains_on_cpu("auto") == (not torch.cuda.is_available())
 
 
+def test_num_threads_is_documented_in_full_wherever_it_is_an_argument():
+    """The shared description (``scdoloris._docs``) is filled in at import, so ``help()`` and
+    Sphinx show it whole in every public method that takes ``num_threads``."""
+    import inspect
+
+    from scdoloris import DolorisModel
+    from scdoloris._docs import PARAMS
+
+    methods = [
+        name
+        for name, member in inspect.getmembers(DolorisModel, inspect.isfunction)
+        if not name.startswith("_") and "num_threads" in inspect.signature(member).parameters
+    ]
+    assert {"train", "predict", "get_latent_representation", "get_latent"} <= set(methods)
+    text = " ".join(PARAMS["num_threads"].split())
+    for name in methods:
+        doc = getattr(DolorisModel, name).__doc__
+        assert "{num_threads}" not in doc, name
+        assert text in " ".join(doc.split()), name
+
+
+def test_a_placeholder_must_name_a_shared_parameter():
+    from scdoloris._docs import fill_docstring
+
+    with pytest.raises(KeyError, match="no_such_parameter"):
+        fill_docstring("Parameters\n----------\nx\n    {no_such_parameter}\n")
+
+
 def test_rule_is_documented_as_set_by_measurement():
     doc = _threads.default_num_threads.__doc__
     assert "make perf" in doc and "SMALL_MODEL_SIZE" in doc

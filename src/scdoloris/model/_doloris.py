@@ -25,6 +25,7 @@ from scvi.model.base._save_load import _initialize_model, _load_saved_files
 
 from .. import __version__
 from .._anndata_utils import gene_id_hint
+from .._docs import fill_doc
 from .._logging import quiet
 from .._switches import ModuleSwitches
 from .._threads import predict_threads, resolve_num_threads, torch_threads
@@ -255,6 +256,7 @@ class DolorisModel(
         )
 
     # ------------------------------------------------------------------ training
+    @fill_doc
     def train(
         self,
         max_epochs: int | None = None,
@@ -322,10 +324,7 @@ class DolorisModel(
             ``False`` keeps an existing calibration (none for a new model: :meth:`predict`
             then returns the diffusion model's own prediction).
         num_threads
-            CPU threads of torch during training; the previous count is restored afterwards.
-            None: ``scvi.settings.num_threads`` if set, else the model's default on a CPU (one
-            thread for the default preset up to 2000 genes, see :doc:`/guide/training`) and no
-            change on a GPU.
+            {num_threads}
         verbose
             Show the messages of scvi-tools and Lightning (device banner, tips, their own
             deprecation warnings), hidden by default; ``scvi.settings.verbosity =
@@ -457,6 +456,7 @@ class DolorisModel(
     # ------------------------------------------------------------------ prediction
     @predict_threads
     @torch.inference_mode()
+    @fill_doc
     def predict(
         self,
         adata_ctrl: ad.AnnData,
@@ -540,10 +540,7 @@ class DolorisModel(
             token. ``False`` (default) raises an error naming the token and close matches,
             since an unknown token is most often a typo.
         num_threads
-            CPU threads of torch during the call; the previous count is restored afterwards.
-            None: ``scvi.settings.num_threads`` if set, else the model's default on a CPU (one
-            thread for the default preset up to 2000 genes, see :doc:`/guide/training`) and no
-            change on a GPU.
+            {num_threads}
         include_controls
             Append the input cells after the predicted ones, with ``perturbation`` the control
             label and ``predicted`` False (``X``: their expression on the model's genes), so
@@ -632,6 +629,7 @@ class DolorisModel(
 
     @predict_threads
     @torch.inference_mode()
+    @fill_doc
     def get_latent_representation(
         self,
         adata: ad.AnnData | None = None,
@@ -669,7 +667,7 @@ class DolorisModel(
             :meth:`~scdoloris.module.DolorisModule.encode`); ``predict`` with the same seed
             encodes the same cells into the same latents.
         num_threads
-            CPU threads of torch during the call, as in :meth:`predict`.
+            {num_threads}
 
         Returns
         -------
@@ -703,6 +701,7 @@ class DolorisModel(
             out.append(self.module.encode(x, ct, n_steps, generator).cpu().numpy())
         return np.concatenate(out)
 
+    @fill_doc
     def get_latent(
         self,
         adata_ctrl: ad.AnnData,
@@ -733,7 +732,7 @@ class DolorisModel(
             Seed of the light noise that starts the encoding (see
             :meth:`~scdoloris.module.DolorisModule.encode`).
         num_threads
-            CPU threads of torch during the call, as in :meth:`predict`.
+            {num_threads}
 
         Returns
         -------
