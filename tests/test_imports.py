@@ -17,19 +17,8 @@ PACKAGE = "scdoloris"
 
 
 def _modules(src: Path, package: str) -> dict[str, Path]:
-    """The modules of ``package`` under ``src``, by dotted name (a package by its own name).
-
-    Parameters
-    ----------
-    src
-        The folder that holds the package.
-    package
-        The package's name.
-
-    Returns
-    -------
-    Each module's dotted name and its file.
-    """
+    """The modules of ``package`` under ``src`` (as in :func:`import_graph`), each dotted name
+    (a package by its own name) and its file."""
     out = {}
     for path in sorted((src / package).rglob("*.py")):
         parts = path.relative_to(src).with_suffix("").parts

@@ -382,7 +382,7 @@ class DolorisModel(
                     phase(
                         f"Final model (2/2): started from the inner model, {max_epochs} "
                         "epoch(s) on all the training data",
-                        trainer_kwargs.get("enable_progress_bar", True) is not False,
+                        trainer_kwargs,
                     )
             return self._fit(
                 verbose,

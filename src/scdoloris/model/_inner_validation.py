@@ -214,11 +214,10 @@ class InnerValidationMixin:
             len(split.conditions),
             ", ".join(f"{c.label} in {c.cell_type}: {c.kind}" for c in split.conditions),
         )
-        show = train_kwargs.get("enable_progress_bar", True) is not False
         phase(
             f"Inner validation (1/2): an inner model on the training data without "
             f"{len(split.conditions)} held-out condition(s), then scored on them",
-            show,
+            train_kwargs,
         )
         inner = self._train_inner_model(split, train_kwargs)
         scores = self._score_inner(inner, split, seed)

@@ -130,7 +130,7 @@ def compute_statistics(
         (np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(len(uniques), len(codes))
     )
     sizes = np.asarray(onehot.sum(1)).ravel()
-    means = np.asarray(dense(onehot @ X), dtype=np.float64) / sizes[:, None]
+    means = dense(onehot @ X, np.float64) / sizes[:, None]
     pca = pca_gene_embedding(means, n_gene_components)
 
     # nodes: measured genes, then tokens and user genes that are not measured

@@ -30,10 +30,10 @@ INNER_FRACTION = 0.5
 FINAL_FRACTION = 0.5
 
 
-def phase(message: str, show: bool = True) -> None:
-    """Say which phase of ``train()`` starts (above its progress bar), unless ``show`` is
-    False (``enable_progress_bar=False``)."""
-    if show:
+def phase(message: str, trainer_kwargs: dict) -> None:
+    """Say which phase of ``train()`` starts (above its progress bar), unless the training's
+    keyword arguments ``trainer_kwargs`` hide the progress bar (``enable_progress_bar=False``)."""
+    if trainer_kwargs.get("enable_progress_bar", True) is not False:
         from tqdm.auto import tqdm
 
         tqdm.write(message, file=sys.stderr)
